@@ -1,0 +1,7 @@
+"""`python -m engine`: the engine's command line (see engine/cli.py)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,242 @@
+"""TokenFlow's self-attention, as a diffusers attention processor, plus PnP residual injection.
+
+Installed through diffusers' public extension points (`UNet2DConditionModel.set_attn_processor`)
+and torch forward hooks; no diffusers internals are patched. Every UNet call in an edit sees
+three copies of its frames, stacked on the batch axis: [source, edit with the negative prompt,
+edit with the prompt]. One :class:`TokenFlowState` tells all processors what the current call is:
+
+- ``plain``: ordinary attention (inversion, decoding-free passes).
+- ``keyframe``: the keyframes. Edit copies attend jointly to the keys/values of all keyframes
+  (extended attention); the source copy attends per frame. Outputs and source input tokens are kept.
+- ``propagate``: a chunk of frames. Self-attention is not computed: each frame takes the kept
+  keyframe outputs at the nearest-neighbour positions of its source tokens, blended between its
+  two nearest keyframes.
+- ``per_frame``: per-frame PnP (no TokenFlow), the baseline the benchmarks compare against.
+
+PnP injection copies the source copy's self-attention queries/keys (chosen layers, first steps)
+and residual features (chosen ResNet, first steps) into the two edit copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from .keyframes import FrameSource
+from .matching import nearest_tokens
+
+COPIES = 3
+# The reference implementation's PnP layers (SD's decoder).
+DEFAULT_QK_LAYERS = (
+    "up_blocks.1.attentions.1",
+    "up_blocks.1.attentions.2",
+    "up_blocks.2.attentions.0",
+    "up_blocks.2.attentions.1",
+    "up_blocks.2.attentions.2",
+    "up_blocks.3.attentions.0",
+    "up_blocks.3.attentions.1",
+    "up_blocks.3.attentions.2",
+)
+DEFAULT_CONV_LAYERS = ("up_blocks.1.resnets.1",)
+MODES = ("plain", "keyframe", "propagate", "per_frame")
+
+
+@dataclass
+class TokenFlowState:
+    """Shared by all processors and hooks of one UNet: what the current call is and what was kept."""
+
+    mode: str = "plain"
+    step: int = 0
+    inject_qk: bool = False
+    inject_conv: bool = False
+    # Where kept keyframe features live; the CPU keeps device memory flat for many keyframes.
+    store_device: torch.device | None = None
+    keyframe_tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # (K, S, D)
+    keyframe_outputs: dict[str, torch.Tensor] = field(default_factory=dict)  # (3, K, S, D)
+    plan: list[FrameSource] = field(default_factory=list)  # the current chunk's frames
+    injections: set[tuple[int, str]] = field(default_factory=set)  # (step, "qk" | "conv")
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown attention mode {mode!r}")
+        self.mode = mode
+
+    def begin_step(self, step: int, inject_qk: bool, inject_conv: bool) -> None:
+        self.step, self.inject_qk, self.inject_conv = step, inject_qk, inject_conv
+        self.keyframe_tokens.clear()
+        self.keyframe_outputs.clear()
+
+    def keep(self, layer: str, tokens: torch.Tensor, outputs: torch.Tensor) -> None:
+        device = self.store_device or tokens.device
+        self.keyframe_tokens[layer] = tokens.to(device)
+        self.keyframe_outputs[layer] = outputs.to(device)
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, s, inner = x.shape
+    return x.view(b, s, heads, inner // heads).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    b, h, s, d = x.shape
+    return x.transpose(1, 2).reshape(b, s, h * d)
+
+
+class TokenFlowAttnProcessor:
+    """Self-attention processor (attn1 of each transformer block) implementing TokenFlow and PnP."""
+
+    def __init__(self, state: TokenFlowState, layer: str, inject_qk: bool) -> None:
+        self.state = state
+        self.layer = layer
+        self.inject_qk = inject_qk
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        mode = self.state.mode
+        if mode == "plain" or encoder_hidden_states is not None or attention_mask is not None:
+            return AttnProcessor2_0()(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        if hidden_states.ndim != 3 or hidden_states.shape[0] % COPIES:
+            raise ValueError(
+                f"{self.layer}: expected (3*frames, tokens, dim), got {tuple(hidden_states.shape)}"
+            )
+        if mode == "propagate":
+            return self._propagate(hidden_states)
+
+        n = hidden_states.shape[0] // COPIES
+        x = hidden_states
+        if attn.group_norm is not None:
+            x = attn.group_norm(x.transpose(1, 2)).transpose(1, 2)
+        q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+        if self.inject_qk and self.state.inject_qk:
+            q = q[:n].repeat(COPIES, 1, 1)
+            k = torch.cat([k[:n], k[:n], k[:n]])
+            self.state.injections.add((self.state.step, "qk"))
+        q, k, v = (_split_heads(t, attn.heads) for t in (q, k, v))
+        if attn.norm_q is not None:
+            q, k = attn.norm_q(q), attn.norm_k(k)
+
+        if mode == "keyframe":
+            source = F.scaled_dot_product_attention(q[:n], k[:n], v[:n])
+            edits = self._extended(q[n:], k[n:], v[n:], n)
+            out = torch.cat([source, edits])
+        else:  # per_frame
+            out = F.scaled_dot_product_attention(q, k, v)
+        out = attn.to_out[1](attn.to_out[0](_merge_heads(out).to(q.dtype)))
+        if attn.residual_connection:
+            out = out + hidden_states
+        out = out / attn.rescale_output_factor
+        if mode == "keyframe":
+            self.state.keep(self.layer, hidden_states[:n], out.view(COPIES, n, *out.shape[1:]))
+        return out
+
+    @staticmethod
+    def _extended(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n: int) -> torch.Tensor:
+        """Each keyframe of each edit copy attends to the tokens of all n keyframes of that copy.
+
+        The keyframes' tokens are laid end to end in one sequence per copy, so no key/value is
+        repeated per keyframe (the reference repeats them n times) and SDPA's fused kernels apply.
+        """
+        copies, heads, s, d = q.shape[0] // n, q.shape[1], q.shape[2], q.shape[3]
+
+        def joined(t: torch.Tensor) -> torch.Tensor:
+            return t.view(copies, n, heads, s, d).transpose(1, 2).reshape(copies, heads, n * s, d)
+
+        out = F.scaled_dot_product_attention(joined(q), joined(k), joined(v))
+        return out.view(copies, heads, n, s, d).transpose(1, 2).reshape(copies * n, heads, s, d)
+
+    def _propagate(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Gather kept keyframe outputs along the source tokens' nearest neighbours; no attention."""
+        state = self.state
+        n = hidden_states.shape[0] // COPIES
+        if len(state.plan) != n:
+            raise RuntimeError(f"{self.layer}: the chunk plan has {len(state.plan)} frames, the batch {n}")
+        key_tokens = state.keyframe_tokens[self.layer]
+        key_outputs = state.keyframe_outputs[self.layer]
+        device, dtype = hidden_states.device, hidden_states.dtype
+        frames = []
+        for i, src in enumerate(state.plan):
+            out_a = key_outputs[:, src.a].to(device)
+            if src.exact:
+                frames.append(out_a.to(dtype))
+                continue
+            idx_a = nearest_tokens(hidden_states[i], key_tokens[src.a].to(device))
+            mixed = out_a[:, idx_a].float()
+            if src.b != src.a:
+                idx_b = nearest_tokens(hidden_states[i], key_tokens[src.b].to(device))
+                out_b = key_outputs[:, src.b].to(device)[:, idx_b].float()
+                mixed = src.weight_a * mixed + (1.0 - src.weight_a) * out_b
+            frames.append(mixed.to(dtype))
+        return torch.stack(frames, dim=1).reshape(COPIES * n, *hidden_states.shape[1:])
+
+
+def install(
+    unet: Any,
+    state: TokenFlowState,
+    qk_layers: Sequence[str] = DEFAULT_QK_LAYERS,
+    conv_layers: Sequence[str] = DEFAULT_CONV_LAYERS,
+) -> Installed:
+    """Give every self-attention layer a TokenFlow processor and hook the PnP ResNet layers.
+
+    Returns what :func:`uninstall` needs to restore the UNet as it was.
+    """
+    original = dict(unet.attn_processors)
+    processors: dict[str, Any] = {}
+    found_qk: set[str] = set()
+    for name in unet.attn_processors:
+        layer = name.removesuffix(".processor")
+        if layer.endswith("attn1"):
+            inject = next((p for p in qk_layers if layer.startswith(p + ".")), None)
+            if inject:
+                found_qk.add(inject)
+            processors[name] = TokenFlowAttnProcessor(state, layer, inject_qk=inject is not None)
+        else:
+            processors[name] = AttnProcessor2_0()
+    missing = sorted(set(qk_layers) - found_qk)
+    if missing:
+        raise ValueError(
+            f"the UNet has no self-attention in PnP layer(s) {', '.join(missing)}; "
+            "this model does not have Stable Diffusion 1.x/2.x's layout"
+        )
+    unet.set_attn_processor(processors)
+
+    def inject_residual(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+        if state.inject_conv and state.mode != "plain" and output.shape[0] % COPIES == 0:
+            state.injections.add((state.step, "conv"))
+            n = output.shape[0] // COPIES
+            return output[:n].repeat(COPIES, 1, 1, 1)
+        return None
+
+    handles = []
+    for layer in conv_layers:
+        try:
+            conv = unet.get_submodule(layer + ".conv2")
+        except AttributeError as exc:
+            raise ValueError(f"the UNet has no ResNet {layer} for PnP residual injection") from exc
+        handles.append(conv.register_forward_hook(inject_residual))
+    return Installed(original, handles)
+
+
+@dataclass
+class Installed:
+    processors: dict[str, Any]
+    hooks: list[torch.utils.hooks.RemovableHandle]
+
+
+def uninstall(unet: Any, installed: Installed) -> None:
+    """Remove the hooks and give the UNet back the processors it had before :func:`install`."""
+    for handle in installed.hooks:
+        handle.remove()
+    unet.set_attn_processor(installed.processors)

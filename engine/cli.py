@@ -1,0 +1,229 @@
+"""`python -m engine`: run a job file, edit a folder of frames, check the install, evaluate an edit.
+
+Events go to stdout as JSON lines (see engine/protocol.py); logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from dataclasses import fields
+from pathlib import Path
+
+from . import protocol
+
+DEFAULTS = protocol.Job(frames=["-"], output="-", prompt="-")
+
+# Option help, shared by `edit` (as flags) and the job file (as keys).
+OPTION_HELP = {
+    "stage": "'preview' denoises only the keyframes (about K/N of the cost); 'propagate' edits every frame",
+    "negative_prompt": "what the edit should avoid (classifier-free guidance's negative prompt)",
+    "source_prompt": "a description of the source shot, used for the DDIM inversion (may be empty)",
+    "model": "a diffusers hub id, a local diffusers folder, or a single-file .safetensors checkpoint "
+    "(Stable Diffusion 1.x / 2.x)",
+    "device": "auto picks CUDA, then Apple MPS, then the CPU (slow)",
+    "cache_dir": "where inversions are cached (default $TOKENFLOW_CACHE or ~/.cache/tokenflow)",
+    "steps": "DDIM steps for inversion and edit (the inversion is cached per frame for these steps)",
+    "guidance": "classifier-free guidance scale: higher follows the prompt more closely",
+    "pnp_f_t": "fraction of the first steps with PnP residual-feature injection (structure from the source)",
+    "pnp_attn_t": "fraction of the first steps with PnP self-attention query/key injection",
+    "edit_mode": "pnp: inject source features (default); sdedit: start part-way from the inverted noise",
+    "sdedit_strength": "sdedit only: the fraction of the schedule that is re-denoised",
+    "method": "tokenflow (keyframes + propagation) or per-frame (PnP on each frame alone: the baseline)",
+    "keyframe_stride": "one keyframe per this many frames (the reference's batch size)",
+    "keyframe_mode": "fixed: evenly spaced, the same at every step (preview matches the result); "
+    "resample: one random keyframe per block, re-drawn each step (the reference)",
+    "seed": "random seed (keyframe draws)",
+    "size": "long side of the working size in pixels, a multiple of 64; results come back at the source size",
+    "chunk_size": "frames per UNet call: lower it when the GPU runs out of memory",
+    "evaluate": "measure temporal consistency (warp error etc.) of the result and report it in 'done'",
+}
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("TOKENFLOW_LOG", "INFO"),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from diffusers.utils import logging as dlog
+        from transformers.utils import logging as tlog
+
+        dlog.disable_progress_bar()
+        dlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def _add_job_options(parser: argparse.ArgumentParser) -> None:
+    for f in fields(protocol.Job):
+        if f.name not in OPTION_HELP:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(DEFAULTS, f.name)
+        help_text = f"{OPTION_HELP[f.name]} (default: {default!r})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=OPTION_HELP[f.name])
+        else:
+            kind = type(default) if not isinstance(default, str) else str
+            choices = {
+                "stage": (protocol.STAGE_PREVIEW, protocol.STAGE_PROPAGATE),
+                "keyframe_mode": protocol.KEYFRAME_MODES,
+                "edit_mode": protocol.EDIT_MODES,
+                "method": protocol.METHODS,
+                "device": protocol.DEVICES,
+            }.get(f.name)
+            parser.add_argument(flag, type=kind, default=default, choices=choices, help=help_text)
+
+
+def _frames_in(folder: str) -> list[str]:
+    from .frames import SUPPORTED
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise protocol.JobError(f"--frames {folder} is not a folder of images")
+    return [str(p) for p in sorted(path.iterdir()) if p.suffix.lower() in SUPPORTED and p.is_file()]
+
+
+def _fail(kind: str, message: str) -> int:
+    print(protocol.event_line(protocol.EVENT_ERROR, kind=kind, message=message), flush=True)
+    return protocol.EXIT_CODES[kind]
+
+
+def _run_job(job: protocol.Job) -> int:
+    from .events import CancelToken, Emitter
+    from .runner import execute
+
+    cancel = CancelToken()
+    cancel.listen(stdin=True)
+    return execute(job, Emitter(), cancel)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        text = Path(args.job).read_text()
+    except OSError as exc:
+        return _fail("bad_input", f"cannot read the job file {args.job}: {exc.strerror}")
+    try:
+        job = protocol.Job.from_json(text)
+    except protocol.JobError as exc:
+        return _fail("bad_input", f"{args.job}: {exc}")
+    return _run_job(job)
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    try:
+        values = {name: getattr(args, name) for name in OPTION_HELP}
+        job = protocol.Job(frames=_frames_in(args.frames), output=args.out, prompt=args.prompt, **values)
+        if args.model_config:
+            job.extra["model_config"] = args.model_config
+        job.validate()
+    except protocol.JobError as exc:
+        return _fail("bad_input", str(exc))
+    if args.write_job:
+        Path(args.write_job).write_text(job.to_json())
+        return protocol.EXIT_OK
+    return _run_job(job)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import diffusers
+    import torch
+
+    from . import devices
+    from .errors import EngineError
+
+    try:
+        placement = devices.choose(args.device)
+    except EngineError as exc:
+        return _fail(exc.kind, exc.message)
+    print(
+        protocol.event_line(
+            protocol.EVENT_CHECK,
+            torch=torch.__version__,
+            diffusers=diffusers.__version__,
+            cuda=torch.cuda.is_available(),
+            mps=bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available(),
+            python=sys.version.split()[0],
+            protocol=protocol.PROTOCOL_VERSION,
+            **placement.describe(),
+        ),
+        flush=True,
+    )
+    return protocol.EXIT_OK
+
+
+def cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from .tiny_model import make_tiny_model
+
+    folder = Path(args.folder)
+    if folder.exists() and any(folder.iterdir()):
+        return _fail("bad_input", f"{folder} exists and is not empty; choose a new folder")
+    make_tiny_model(folder, size=args.size, seed=args.seed)
+    print(json.dumps({"model": str(folder.absolute()), "size": args.size}), flush=True)
+    return protocol.EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine",
+        description="TokenFlow: temporally consistent, text-driven video editing with Stable Diffusion. "
+        "Events are printed to stdout as JSON lines; logs go to stderr.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a job file (JSON, as written by Blender or `edit --write-job`)")
+    run.add_argument("job", help="path of the job JSON file")
+    run.set_defaults(func=cmd_run)
+
+    edit = sub.add_parser(
+        "edit", help="edit a folder of frames", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    edit.add_argument(
+        "--frames", required=True, help="folder of frames (PNG, JPEG, TIFF; 8/16-bit), in name order"
+    )
+    edit.add_argument("--prompt", required=True, help="what the edited shot should look like")
+    edit.add_argument("--out", required=True, help="output folder; must not exist (written atomically)")
+    edit.add_argument(
+        "--model-config",
+        default="",
+        help="for a .safetensors checkpoint offline: a local diffusers folder with the matching configs",
+    )
+    edit.add_argument("--write-job", default="", help="write the job JSON to this file and exit")
+    _add_job_options(edit)
+    edit.set_defaults(func=cmd_edit)
+
+    check = sub.add_parser("check", help="report torch, diffusers and the device the engine would use")
+    check.add_argument("--device", default="auto", choices=protocol.DEVICES)
+    check.set_defaults(func=cmd_check)
+
+    tiny = sub.add_parser("make-tiny-model", help="write a tiny random-weight SD model folder (tests, demos)")
+    tiny.add_argument("folder")
+    tiny.add_argument("--size", default="tiny", choices=("tiny", "mid", "sd15"))
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=cmd_make_tiny_model)
+
+    try:
+        from . import evaluate
+    except ImportError:  # only when the metrics stack is missing
+        evaluate = None  # type: ignore[assignment]
+    if evaluate is not None:
+        ev = sub.add_parser("evaluate", help="measure an edit's temporal consistency and fidelity")
+        evaluate.add_arguments(ev)
+        ev.set_defaults(func=evaluate.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging()
+    return int(args.func(args))

@@ -1,0 +1,186 @@
+"""The edit: PnP (or SDEdit) denoising with TokenFlow keyframe attention and propagation.
+
+At every denoising step the keyframes go through the UNet together (extended attention); then the
+shot goes through in chunks, each frame taking the keyframes' self-attention outputs along its
+source tokens' nearest neighbours. Latents of the shot live on the CPU; only a chunk (or the
+keyframes) is on the device at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import DDIMScheduler
+
+from . import attention, keyframes
+from .models import Model
+
+
+@dataclass
+class EditSettings:
+    steps: int = 50
+    guidance: float = 7.5
+    pnp_f_t: float = 0.8
+    pnp_attn_t: float = 0.5
+    edit_mode: str = "pnp"  # or "sdedit"
+    sdedit_strength: float = 0.9
+    method: str = "tokenflow"  # or "per-frame"
+    keyframe_stride: int = 8
+    keyframe_mode: str = "fixed"  # or "resample"
+    seed: int = 1
+    chunk_size: int = 8
+    qk_layers: Sequence[str] = attention.DEFAULT_QK_LAYERS
+    conv_layers: Sequence[str] = attention.DEFAULT_CONV_LAYERS
+
+
+@dataclass
+class Prompts:
+    """Text embeddings (1, 77, D): the source copy's, the negative prompt's and the prompt's."""
+
+    source: torch.Tensor
+    negative: torch.Tensor
+    positive: torch.Tensor
+
+
+@dataclass
+class EditResult:
+    frames: list[int]  # positions of the produced frames in the shot
+    latents: torch.Tensor  # (len(frames), 4, h, w) on the CPU
+    keyframes: list[int]  # the keyframes of the last step
+    injections: set[tuple[int, str]] = field(default_factory=set)
+
+
+def edit_timesteps(model: Model, settings: EditSettings) -> list[int]:
+    """The descending timesteps the edit visits (SDEdit skips the noisiest part of the schedule)."""
+    scheduler = DDIMScheduler.from_config(model.scheduler_config, clip_sample=False)
+    scheduler.set_timesteps(settings.steps)
+    timesteps = [int(t) for t in scheduler.timesteps]
+    if settings.edit_mode == "sdedit":
+        start = settings.steps - max(1, round(settings.steps * settings.sdedit_strength))
+        timesteps = timesteps[start:]
+    return timesteps
+
+
+def injection_steps(settings: EditSettings) -> tuple[int, int]:
+    """How many leading steps get (residual, query/key) injection: int(T * fraction), as the reference."""
+    if settings.edit_mode != "pnp":
+        return 0, 0
+    return int(settings.steps * settings.pnp_f_t), int(settings.steps * settings.pnp_attn_t)
+
+
+class Editor:
+    """Runs the preview (keyframes only) or the full propagation for one shot."""
+
+    def __init__(
+        self,
+        model: Model,
+        settings: EditSettings,
+        source: Callable[[int], torch.Tensor],
+        prompts: Prompts,
+        on_call: Callable[[str, int], None] | None = None,
+    ) -> None:
+        """`source(t)` gives the inverted latents of all frames at timestep t, (N, 4, h, w) on the CPU."""
+        self.model = model
+        self.settings = settings
+        self.source = source
+        self.prompts = prompts
+        self.on_call = on_call or (lambda stage, frames: None)
+        self.state = attention.TokenFlowState()
+        self.scheduler = DDIMScheduler.from_config(model.scheduler_config, clip_sample=False)
+        self.scheduler.set_timesteps(settings.steps)
+        self.timesteps = edit_timesteps(model, settings)
+
+    # -- one UNet call on [source, negative, positive] copies of n frames ----------------------
+    def _guided_eps(self, src: torch.Tensor, x: torch.Tensor, t: int) -> torch.Tensor:
+        placement = self.model.placement
+        n = x.shape[0]
+        batch = torch.cat([src, x, x]).to(placement.device, placement.dtype)
+        p = self.prompts
+        embeds = torch.cat(
+            [p.source.expand(n, -1, -1), p.negative.expand(n, -1, -1), p.positive.expand(n, -1, -1)]
+        )
+        eps = self.model.unet(batch, t, encoder_hidden_states=embeds).sample.float()
+        _, uncond, cond = eps.chunk(3)
+        return uncond + self.settings.guidance * (cond - uncond)
+
+    def _denoise(self, eps: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(eps.device, torch.float32)
+        return self.scheduler.step(eps, t, x).prev_sample.cpu()
+
+    def _keyframes(self, n_frames: int, step: int, preview: bool) -> list[int]:
+        s = self.settings
+        if preview and s.keyframe_mode == "resample":
+            # A preview keeps one set of keyframes for all steps: the last step's draw.
+            step = len(self.timesteps) - 1
+        return keyframes.choose(s.keyframe_mode, n_frames, s.keyframe_stride, s.seed, step)
+
+    @torch.no_grad()
+    def run(self, preview: bool, cancelled: Callable[[], None] = lambda: None) -> EditResult:
+        s = self.settings
+        handles = attention.install(self.model.unet, self.state, s.qk_layers, s.conv_layers)
+        try:
+            return self._run(preview, cancelled)
+        finally:
+            attention.uninstall(self.model.unet, handles)
+
+    def _run(self, preview: bool, cancelled: Callable[[], None]) -> EditResult:
+        s, state = self.settings, self.state
+        x = self.source(self.timesteps[0]).clone()
+        n_frames = x.shape[0]
+        n_conv, n_qk = injection_steps(s)
+        keys: list[int] = []
+        for step, t in enumerate(self.timesteps):
+            cancelled()
+            src = self.source(t)
+            keys = self._keyframes(n_frames, step, preview)
+            state.begin_step(step, inject_qk=step < n_qk, inject_conv=step < n_conv)
+            if s.method == "per-frame":
+                targets = keys if preview else list(range(n_frames))
+                x = self._per_frame_step(x, src, t, targets, cancelled)
+                continue
+            state.set_mode("keyframe")
+            eps = self._guided_eps(src[keys], x[keys], t)
+            self.on_call("keyframes", len(keys))
+            if preview:
+                x[keys] = self._denoise(eps, t, x[keys])
+                continue
+            state.set_mode("propagate")
+            new = torch.empty_like(x)
+            for start in range(0, n_frames, s.chunk_size):
+                cancelled()
+                chunk = list(range(start, min(start + s.chunk_size, n_frames)))
+                state.plan = keyframes.sources(chunk, keys)
+                eps = self._guided_eps(src[chunk], x[chunk], t)
+                new[chunk] = self._denoise(eps, t, x[chunk])
+                self.on_call("propagate", len(chunk))
+            x = new
+        state.set_mode("plain")
+        produced = keys if preview else list(range(n_frames))
+        reported = [] if s.method == "per-frame" and not preview else keys
+        return EditResult(produced, x[produced].clone(), reported, set(state.injections))
+
+    def _per_frame_step(
+        self, x: torch.Tensor, src: torch.Tensor, t: int, targets: list[int], cancelled: Callable[[], None]
+    ) -> torch.Tensor:
+        self.state.set_mode("per_frame")
+        x = x.clone()
+        for start in range(0, len(targets), self.settings.chunk_size):
+            cancelled()
+            chunk = targets[start : start + self.settings.chunk_size]
+            eps = self._guided_eps(src[chunk], x[chunk], t)
+            x[chunk] = self._denoise(eps, t, x[chunk])
+            self.on_call("per-frame", len(chunk))
+        return x
+
+
+@torch.no_grad()
+def decode(model: Model, latents: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+    """VAE-decode (B, 4, h, w) latents to (B, 3, H, W) images in [0, 1] on the CPU, a few at a time."""
+    out = []
+    for start in range(0, latents.shape[0], chunk):
+        z = latents[start : start + chunk].to(model.placement.device, model.placement.vae_dtype)
+        images = model.vae.decode(z / model.latent_scale).sample.float()
+        out.append(((images + 1) / 2).clamp(0, 1).cpu())
+    return torch.cat(out)

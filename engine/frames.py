@@ -1,0 +1,140 @@
+"""Reading a shot's frames, sizing them for the model, and writing results back at the source size.
+
+OpenCV decodes PNG, JPEG and TIFF at 8 and 16 bits; frames go to the model as sRGB in [-1, 1] at a
+working size whose sides are multiples of 64, and come back as PNG at the source size and bit depth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import BadInput
+
+SUPPORTED = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+MULTIPLE = 64
+
+
+@dataclass
+class Frame:
+    path: Path
+    digest: str  # sha256 of the file's bytes: the inversion cache key
+    image: np.ndarray  # H x W x 3 RGB float32 in [0, 1]
+    bit_depth: int  # 8 or 16
+
+
+@dataclass
+class Shot:
+    frames: list[Frame]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Source (width, height)."""
+        h, w = self.frames[0].image.shape[:2]
+        return w, h
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def _decode(path: Path, data: bytes) -> tuple[np.ndarray, int]:
+    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise BadInput(f"{path} could not be decoded as an image; re-export it as PNG, JPEG or TIFF")
+    if raw.dtype == np.uint8:
+        depth, scale = 8, 255.0
+    elif raw.dtype == np.uint16:
+        depth, scale = 16, 65535.0
+    else:
+        raise BadInput(
+            f"{path} holds {raw.dtype} pixels (float / linear data); render or convert it to 8- or 16-bit "
+            "sRGB PNG first"
+        )
+    if raw.ndim == 2:
+        raw = cv2.cvtColor(raw, cv2.COLOR_GRAY2BGR)
+    elif raw.shape[2] == 4:
+        raw = cv2.cvtColor(raw, cv2.COLOR_BGRA2BGR)  # the model has no alpha; it is dropped
+    rgb = cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
+    return rgb.astype(np.float32) / scale, depth
+
+
+def read_shot(paths: Sequence[str | os.PathLike[str]]) -> Shot:
+    """Read and check every frame: all exist, decode, and share one size. Nothing is written."""
+    if not paths:
+        raise BadInput("no frames: give at least one image file")
+    frames: list[Frame] = []
+    for name in paths:
+        path = Path(name)
+        if not path.is_file():
+            raise BadInput(f"frame file {path} does not exist (or is not a file); check the frame list")
+        if path.suffix.lower() not in SUPPORTED:
+            raise BadInput(
+                f"{path.name} is not a supported image ({', '.join(SUPPORTED)}); convert the shot to PNG"
+            )
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BadInput(
+                f"frame file {path} cannot be read: {exc.strerror}; check its permissions"
+            ) from exc
+        image, depth = _decode(path, data)
+        frames.append(Frame(path, hashlib.sha256(data).hexdigest(), image, depth))
+    first = frames[0]
+    for frame in frames[1:]:
+        if frame.image.shape != first.image.shape:
+            h0, w0 = first.image.shape[:2]
+            h, w = frame.image.shape[:2]
+            raise BadInput(
+                f"frames differ in size: {first.path.name} is {w0}x{h0} but {frame.path.name} is {w}x{h}; "
+                "all frames of a shot must share one size"
+            )
+    stems = [f.path.stem for f in frames]
+    if len(set(stems)) != len(stems):
+        raise BadInput("two frames share one file name (stem); results are written by name, so rename them")
+    return Shot(frames)
+
+
+def working_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """(w, h) with the source aspect ratio, the long side near `long_side`, both multiples of 64."""
+    scale = long_side / max(width, height)
+    w = max(MULTIPLE, round(width * scale / MULTIPLE) * MULTIPLE)
+    h = max(MULTIPLE, round(height * scale / MULTIPLE) * MULTIPLE)
+    return w, h
+
+
+def to_working(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize one RGB [0, 1] frame to the working size (area filter when shrinking)."""
+    w, h = size
+    shrinking = w < image.shape[1] or h < image.shape[0]
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+
+
+def to_source(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a result back to the source (w, h), clipped to [0, 1]."""
+    w, h = size
+    if image.shape[1] == w and image.shape[0] == h:
+        return np.clip(image, 0.0, 1.0)
+    shrinking = w < image.shape[1] or h < image.shape[0]
+    out = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+    return np.clip(out, 0.0, 1.0)
+
+
+def result_name(source: Path) -> str:
+    """Results keep the source's file name, as PNG."""
+    return source.stem + ".png"
+
+
+def write_png(path: Path, image: np.ndarray, bit_depth: int) -> None:
+    """Write an RGB [0, 1] image as an 8- or 16-bit PNG."""
+    scale, dtype = (65535.0, np.uint16) if bit_depth == 16 else (255.0, np.uint8)
+    pixels = np.round(np.clip(image, 0.0, 1.0) * scale).astype(dtype)
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"PNG encoding failed for {path}")
+    path.write_bytes(encoded.tobytes())

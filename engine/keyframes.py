@@ -1,0 +1,73 @@
+"""Which frames are keyframes, and which two keyframes each frame takes its features from.
+
+Both choices are pure functions of (frame count, stride, seed, step), so any process (a farm chunk,
+a preview run) that asks for the same step gets the same keyframes without talking to the others.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+from dataclasses import dataclass
+
+
+def fixed(n_frames: int, stride: int) -> list[int]:
+    """Evenly spaced keyframes that include the first and last frame, at most `stride` apart.
+
+    Every frame then lies between two keyframes, and the keyframes are known before the run starts.
+    """
+    if n_frames <= 1:
+        return [0]
+    count = math.ceil((n_frames - 1) / stride) + 1
+    return sorted({round(i * (n_frames - 1) / (count - 1)) for i in range(count)})
+
+
+def resample(n_frames: int, stride: int, seed: int, step: int) -> list[int]:
+    """One random keyframe inside each block of `stride` frames, drawn anew at every step.
+
+    This is the reference implementation's choice; the paper's ablation finds it more temporally
+    consistent than fixed keyframes. Seeded by (seed, step) alone, so every process draws alike.
+    """
+    rng = random.Random(f"tokenflow:{seed}:{step}")
+    return [rng.randrange(start, min(start + stride, n_frames)) for start in range(0, n_frames, stride)]
+
+
+def choose(mode: str, n_frames: int, stride: int, seed: int, step: int) -> list[int]:
+    if mode == "fixed":
+        return fixed(n_frames, stride)
+    if mode == "resample":
+        return resample(n_frames, stride, seed, step)
+    raise ValueError(f"unknown keyframe mode {mode!r}")
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    """Where one frame's self-attention output comes from: keyframe positions a and b, a's weight.
+
+    `exact` marks a frame that is itself keyframe `a`: it takes that keyframe's output unchanged,
+    which is why propagated frames at keyframe indices equal the preview.
+    """
+
+    a: int
+    b: int
+    weight_a: float
+    exact: bool = False
+
+
+def sources(frames: list[int], keyframes: list[int]) -> list[FrameSource]:
+    """For each frame, its two nearest keyframes (one at the ends) weighted linearly by distance."""
+    out: list[FrameSource] = []
+    for frame in frames:
+        right = bisect.bisect_left(keyframes, frame)
+        if right < len(keyframes) and keyframes[right] == frame:
+            out.append(FrameSource(right, right, 1.0, exact=True))
+        elif right == 0:
+            out.append(FrameSource(0, 0, 1.0))
+        elif right == len(keyframes):
+            out.append(FrameSource(right - 1, right - 1, 1.0))
+        else:
+            left_frame, right_frame = keyframes[right - 1], keyframes[right]
+            weight = (right_frame - frame) / (right_frame - left_frame)
+            out.append(FrameSource(right - 1, right, weight))
+    return out

