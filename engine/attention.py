@@ -177,7 +177,8 @@ class TokenFlowAttnProcessor:
             if src.b != src.a:
                 idx_b = nearest_tokens(hidden_states[i], key_tokens[src.b].to(device))
                 out_b = key_outputs[:, src.b].to(device)[:, idx_b].float()
-                mixed = src.weight_a * mixed + (1.0 - src.weight_a) * out_b
+                # lerp form: a frame between two equal keyframes gets exactly their output
+                mixed = torch.lerp(out_b, mixed, src.weight_a)
             frames.append(mixed.to(dtype))
         return torch.stack(frames, dim=1).reshape(COPIES * n, *hidden_states.shape[1:])
 

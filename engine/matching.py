@@ -5,6 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# Among keys as similar as the best to within this, the one at the query's own position wins:
+# flat regions (black letterboxing, sky) hold many identical tokens, and a frame that equals its
+# keyframe should map onto itself, not onto the first of many equal tokens.
+SAME_POSITION_BONUS = 1e-5
+
 
 @torch.no_grad()
 def nearest_tokens(queries: torch.Tensor, keys: torch.Tensor, block: int = 1024) -> torch.Tensor:
@@ -15,7 +20,12 @@ def nearest_tokens(queries: torch.Tensor, keys: torch.Tensor, block: int = 1024)
     """
     keys = F.normalize(keys.float(), dim=-1)
     out = torch.empty(queries.shape[0], dtype=torch.long, device=queries.device)
+    same_grid = queries.shape[0] == keys.shape[0]
     for start in range(0, queries.shape[0], block):
         q = F.normalize(queries[start : start + block].float(), dim=-1)
-        out[start : start + block] = (q @ keys.T).argmax(dim=-1)
+        sim = q @ keys.T
+        if same_grid:
+            rows = torch.arange(sim.shape[0], device=sim.device)
+            sim[rows, rows + start] += SAME_POSITION_BONUS
+        out[start : start + block] = sim.argmax(dim=-1)
     return out

@@ -118,7 +118,11 @@ def load(model: str, placement: Placement, model_config: str = "") -> Model:
     except ModelError:
         raise
     except Exception as exc:  # diffusers/hub raise OSError, ValueError, HTTP errors...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        if "cached" in text or "offline" in text.lower() or "connect" in text.lower():
+            reason = "it is not cached on this machine and the model hub cannot be reached (offline)"
+        else:
+            reason = text.splitlines()[0] if text else type(exc).__name__
         raise ModelError(f"could not load model '{model}': {reason}. " + _how_to_provide(model)) from exc
 
     device = placement.device

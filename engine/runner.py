@@ -156,7 +156,7 @@ class Run:
                 if timesteps != wanted:
                     raise EngineError(f"inversion timesteps {timesteps[:3]}... differ from the edit's")
                 for j, i in enumerate(chunk):
-                    per_frame[i] = latents[:, j].clone()
+                    per_frame[i] = latents[:, j].contiguous()  # a plain layout, as a cache load gives
                     cache.put(inv, shot.frames[i].digest, timesteps, per_frame[i])
         stacked = torch.stack([lat for lat in per_frame if lat is not None], dim=1)  # (T, N, 4, h, w)
         index = {t: k for k, t in enumerate(wanted)}
