@@ -59,6 +59,8 @@ class TokenFlowState:
     keyframe_tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # (K, S, D)
     keyframe_outputs: dict[str, torch.Tensor] = field(default_factory=dict)  # (3, K, S, D)
     plan: list[FrameSource] = field(default_factory=list)  # the current chunk's frames
+    n_keyframes: int = 0
+    owned: list[tuple[int, int]] = field(default_factory=list)
     injections: set[tuple[int, str]] = field(default_factory=set)  # (step, "qk" | "conv")
 
     def set_mode(self, mode: str) -> None:
@@ -66,15 +68,31 @@ class TokenFlowState:
             raise ValueError(f"unknown attention mode {mode!r}")
         self.mode = mode
 
-    def begin_step(self, step: int, inject_qk: bool, inject_conv: bool) -> None:
+    def begin_step(self, step: int, inject_qk: bool, inject_conv: bool, n_keyframes: int = 0) -> None:
         self.step, self.inject_qk, self.inject_conv = step, inject_qk, inject_conv
+        self.n_keyframes = n_keyframes
         self.keyframe_tokens.clear()
         self.keyframe_outputs.clear()
 
+    def set_keyframe_batch(self, owned: list[tuple[int, int]]) -> None:
+        """Which frames of the next keyframe pass to keep: (batch index, keyframe position) pairs.
+
+        A keyframe pass may carry context keyframes (neighbours, anchors) whose outputs another
+        pass keeps; only the owned ones are stored.
+        """
+        self.owned = owned
+
     def keep(self, layer: str, tokens: torch.Tensor, outputs: torch.Tensor) -> None:
+        """Store the owned keyframes' source tokens (n, S, D) and outputs (3, n, S, D)."""
         device = self.store_device or tokens.device
-        self.keyframe_tokens[layer] = tokens.to(device)
-        self.keyframe_outputs[layer] = outputs.to(device)
+        if layer not in self.keyframe_tokens:
+            k = self.n_keyframes
+            self.keyframe_tokens[layer] = tokens.new_empty((k, *tokens.shape[1:]), device=device)
+            self.keyframe_outputs[layer] = outputs.new_empty((COPIES, k, *outputs.shape[2:]), device=device)
+        batch = [b for b, _ in self.owned]
+        positions = [p for _, p in self.owned]
+        self.keyframe_tokens[layer][positions] = tokens[batch].to(device)
+        self.keyframe_outputs[layer][:, positions] = outputs[:, batch].to(device)
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

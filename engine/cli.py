@@ -40,6 +40,9 @@ OPTION_HELP = {
     "seed": "random seed (keyframe draws)",
     "size": "long side of the working size in pixels, a multiple of 64; results come back at the source size",
     "chunk_size": "frames per UNet call: lower it when the GPU runs out of memory",
+    "keyframe_batch": "keyframes that attend to each other jointly in one UNet call; beyond this, "
+    "keyframes go in groups with their neighbours and a few global anchors (bounded memory for long shots)",
+    "keyframe_anchors": "global anchor keyframes every group also attends to, when keyframes are grouped",
     "evaluate": "measure temporal consistency (warp error etc.) of the result and report it in 'done'",
 }
 

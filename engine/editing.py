@@ -31,6 +31,8 @@ class EditSettings:
     keyframe_mode: str = "fixed"  # or "resample"
     seed: int = 1
     chunk_size: int = 8
+    keyframe_batch: int = 8
+    keyframe_anchors: int = 3
     qk_layers: Sequence[str] = attention.DEFAULT_QK_LAYERS
     conv_layers: Sequence[str] = attention.DEFAULT_CONV_LAYERS
 
@@ -135,16 +137,14 @@ class Editor:
             cancelled()
             src = self.source(t)
             keys = self._keyframes(n_frames, step, preview)
-            state.begin_step(step, inject_qk=step < n_qk, inject_conv=step < n_conv)
+            state.begin_step(step, inject_qk=step < n_qk, inject_conv=step < n_conv, n_keyframes=len(keys))
             if s.method == "per-frame":
                 targets = keys if preview else list(range(n_frames))
                 x = self._per_frame_step(x, src, t, targets, cancelled)
                 continue
-            state.set_mode("keyframe")
-            eps = self._guided_eps(src[keys], x[keys], t)
-            self.on_call("keyframes", len(keys))
+            denoised = self._keyframe_pass(x, src, t, keys, cancelled)
             if preview:
-                x[keys] = self._denoise(eps, t, x[keys])
+                x = denoised
                 continue
             state.set_mode("propagate")
             new = torch.empty_like(x)
@@ -160,6 +160,26 @@ class Editor:
         produced = keys if preview else list(range(n_frames))
         reported = [] if s.method == "per-frame" and not preview else keys
         return EditResult(produced, x[produced].clone(), reported, set(state.injections))
+
+    def _keyframe_pass(
+        self, x: torch.Tensor, src: torch.Tensor, t: int, keys: list[int], cancelled: Callable[[], None]
+    ) -> torch.Tensor:
+        """Run the keyframes (in bounded groups), keep their features; return x with them denoised."""
+        s, state = self.settings, self.state
+        passes = keyframes.passes(len(keys), s.keyframe_batch, s.keyframe_anchors)
+        state.store_device = torch.device("cpu") if len(passes) > 1 else None
+        state.set_mode("keyframe")
+        denoised = x.clone()
+        for kp in passes:
+            cancelled()
+            members = [keys[p] for p in kp.members]
+            slot = {p: i for i, p in enumerate(kp.members)}
+            state.set_keyframe_batch([(slot[p], p) for p in kp.owned])
+            eps = self._guided_eps(src[members], x[members], t)
+            owned = [keys[p] for p in kp.owned]
+            denoised[owned] = self._denoise(eps[[slot[p] for p in kp.owned]], t, x[owned])
+            self.on_call("keyframes", len(members))
+        return denoised
 
     def _per_frame_step(
         self, x: torch.Tensor, src: torch.Tensor, t: int, targets: list[int], cancelled: Callable[[], None]

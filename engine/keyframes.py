@@ -71,3 +71,32 @@ def sources(frames: list[int], keyframes: list[int]) -> list[FrameSource]:
             weight = (right_frame - frame) / (right_frame - left_frame)
             out.append(FrameSource(right - 1, right, weight))
     return out
+
+
+@dataclass(frozen=True)
+class KeyframePass:
+    """One UNet call of the keyframe pass: the keyframe positions it keeps and all it attends over."""
+
+    owned: list[int]
+    members: list[int]
+
+
+def passes(n_keyframes: int, batch: int, anchors: int) -> list[KeyframePass]:
+    """Split the keyframe pass so that its memory stays bounded for long shots.
+
+    Up to `batch` keyframes go through together with full joint attention (the method as
+    published). Beyond that, keyframes go in groups of `batch`; each group also carries its two
+    temporal neighbours and `anchors` evenly spaced global keyframes as context, so every keyframe
+    still attends across group borders and to the whole shot, at a cost linear in the keyframes.
+    """
+    everything = list(range(n_keyframes))
+    if n_keyframes <= batch:
+        return [KeyframePass(everything, everything)]
+    spread = [round(i * (n_keyframes - 1) / max(anchors - 1, 1)) for i in range(anchors)] if anchors else []
+    out = []
+    for start in range(0, n_keyframes, batch):
+        owned = everything[start : start + batch]
+        context = {start - 1, start + batch, *spread}
+        members = sorted(set(owned) | {p for p in context if 0 <= p < n_keyframes})
+        out.append(KeyframePass(owned, members))
+    return out

@@ -94,6 +94,8 @@ class Job:
     seed: int = 1
     size: int = 512
     chunk_size: int = 8
+    keyframe_batch: int = 8
+    keyframe_anchors: int = 3
     evaluate: bool = False
     version: int = PROTOCOL_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -147,6 +149,8 @@ class Job:
         _integer("steps", self.steps, 1, 1000)
         _integer("keyframe_stride", self.keyframe_stride, 1, 1000)
         _integer("chunk_size", self.chunk_size, 1, 256)
+        _integer("keyframe_batch", self.keyframe_batch, 1, 1024)
+        _integer("keyframe_anchors", self.keyframe_anchors, 0, 64)
         _integer("seed", self.seed, 0, 2**32 - 1)
         _integer("size", self.size, 64, 4096)
         if self.size % 64:

@@ -55,6 +55,8 @@ def settings_from_job(job: protocol.Job) -> EditSettings:
         keyframe_mode=job.keyframe_mode,
         seed=job.seed,
         chunk_size=job.chunk_size,
+        keyframe_batch=job.keyframe_batch,
+        keyframe_anchors=job.keyframe_anchors,
     )
 
 
@@ -166,11 +168,12 @@ class Run:
         steps = len(edit_timesteps(self.model, settings))  # type: ignore[arg-type]
         from . import keyframes
 
-        k = len(keyframes.choose(settings.keyframe_mode, n, settings.keyframe_stride, settings.seed, 0))
+        keys = keyframes.choose(settings.keyframe_mode, n, settings.keyframe_stride, settings.seed, 0)
         if settings.method == "per-frame":
-            self.progress.plan("per-frame", steps * (k if preview else n))
+            self.progress.plan("per-frame", steps * (len(keys) if preview else n))
         else:
-            self.progress.plan("keyframes", steps * k)
+            batches = keyframes.passes(len(keys), settings.keyframe_batch, settings.keyframe_anchors)
+            self.progress.plan("keyframes", steps * sum(len(p.members) for p in batches))
             if not preview:
                 self.progress.plan("propagate", steps * n)
 

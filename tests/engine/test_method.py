@@ -230,3 +230,43 @@ def test_one_frame_is_valid_and_results_keep_source_size_and_depth(model, city16
     assert [Path(f).name for f in done["files"]] == ["deep.png"]
     out = cv2.imread(done["files"][0], cv2.IMREAD_UNCHANGED)
     assert out.shape == (61, 150, 3) and out.dtype == np.uint16
+
+
+def test_keyframe_passes_cover_each_keyframe_once_and_stay_bounded():
+    assert keyframes.passes(5, 8, 3) == [keyframes.KeyframePass([0, 1, 2, 3, 4], [0, 1, 2, 3, 4])]
+    for n in (9, 33, 200):
+        batches = keyframes.passes(n, 8, 3)
+        owned = [p for b in batches for p in b.owned]
+        assert owned == list(range(n))
+        assert max(len(b.members) for b in batches) <= 8 + 2 + 3
+        for b in batches:  # neighbours across the group border are context
+            if b.owned[0] > 0:
+                assert b.owned[0] - 1 in b.members
+
+
+def test_grouped_keyframe_pass_bounds_the_unet_batch(model, city16, tmp_path):
+    sizes: list[int] = []
+    hook = model.unet.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    common = dict(
+        frames=[str(f) for f in city16[:12]],
+        prompt="a red car",
+        keyframe_stride=1,
+        steps=2,
+        cache_dir=str(tmp_path / "cache"),
+        keyframe_batch=3,
+        keyframe_anchors=1,
+        chunk_size=4,
+    )
+    try:
+        code, preview = run_in_process(model, output=str(tmp_path / "p"), stage="preview", **common)
+        sizes.clear()
+        code2, full = run_in_process(model, output=str(tmp_path / "f"), **common)
+    finally:
+        hook.remove()
+    assert code == code2 == 0, full.getvalue()
+    assert max(sizes) <= 3 * (3 + 2 + 1)  # 12 keyframes, never all 12 (36 frames) at once
+    (p,) = preview.events("done")
+    (f,) = full.events("done")
+    assert p["keyframes"] == list(range(12))
+    for a, b in zip(p["files"], f["files"], strict=True):
+        assert np.abs(read(a) - read(b)).max() <= 2
