@@ -17,6 +17,10 @@ import numpy as np
 
 from .errors import BadInput
 
+# OpenCV's own thread pool fights torch's OpenMP threads for the cores (spinning waits can make a
+# step ten times slower on a small machine); the image work here is light, so keep it on one thread.
+cv2.setNumThreads(1)
+
 SUPPORTED = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MULTIPLE = 64
 

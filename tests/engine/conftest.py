@@ -16,6 +16,7 @@ from tests.clips import extract_frames
 
 ROOT = Path(__file__).resolve().parents[2]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub from a test
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `python -m engine` does; before torch loads
 
 
 @pytest.fixture(scope="session")
