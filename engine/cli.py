@@ -20,7 +20,8 @@ DEFAULTS = protocol.Job(frames=["-"], output="-", prompt="-")
 
 # Option help, shared by `edit` (as flags) and the job file (as keys).
 OPTION_HELP = {
-    "stage": "'preview' denoises only the keyframes (about K/N of the cost); 'propagate' edits every frame",
+    "stage": "'preview' denoises only the keyframes (about K/N of the cost); 'propagate' edits every frame; "
+    "'invert' only fills the inversion cache (a farm's prepare task)",
     "negative_prompt": "what the edit should avoid (classifier-free guidance's negative prompt)",
     "source_prompt": "a description of the source shot, used for the DDIM inversion (may be empty)",
     "model": "a diffusers hub id, a local diffusers folder, or a single-file .safetensors checkpoint "
@@ -79,7 +80,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
         else:
             kind = type(default) if not isinstance(default, str) else str
             choices = {
-                "stage": (protocol.STAGE_PREVIEW, protocol.STAGE_PROPAGATE),
+                "stage": protocol.STAGES_OF_JOB,
                 "keyframe_mode": protocol.KEYFRAME_MODES,
                 "edit_mode": protocol.EDIT_MODES,
                 "method": protocol.METHODS,
@@ -129,6 +130,14 @@ def cmd_edit(args: argparse.Namespace) -> int:
         job = protocol.Job(frames=_frames_in(args.frames), output=args.out, prompt=args.prompt, **values)
         if args.model_config:
             job.extra["model_config"] = args.model_config
+        if args.frame_range:
+            start, _, end = args.frame_range.partition(":")
+            try:
+                job.frame_range = [int(start), int(end)]
+            except ValueError as exc:
+                raise protocol.JobError(
+                    f"--frame-range {args.frame_range!r} must look like START:END"
+                ) from exc
         job.validate()
     except protocol.JobError as exc:
         return _fail("bad_input", str(exc))
@@ -176,6 +185,18 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     return protocol.EXIT_OK
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .errors import EngineError
+    from .merge import merge
+
+    try:
+        done = merge(args.parts, args.out)
+    except EngineError as exc:
+        return _fail(exc.kind, exc.message)
+    print(protocol.event_line(protocol.EVENT_DONE, **done), flush=True)
+    return protocol.EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m engine",
@@ -202,8 +223,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="for a .safetensors checkpoint offline: a local diffusers folder with the matching configs",
     )
     edit.add_argument("--write-job", default="", help="write the job JSON to this file and exit")
+    edit.add_argument(
+        "--frame-range",
+        default="",
+        metavar="START:END",
+        help="produce only frames START..END-1 (a farm chunk; multiples of the keyframe stride)",
+    )
     _add_job_options(edit)
     edit.set_defaults(func=cmd_edit)
+
+    merge = sub.add_parser(
+        "merge", help="join farm chunks (propagate runs with --frame-range) into one folder"
+    )
+    merge.add_argument("--out", required=True, help="the merged result folder; must not exist")
+    merge.add_argument("parts", nargs="+", help="the chunks' output folders")
+    merge.set_defaults(func=cmd_merge)
 
     check = sub.add_parser("check", help="report torch, diffusers and the device the engine would use")
     check.add_argument("--device", default="auto", choices=protocol.DEVICES)

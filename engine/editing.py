@@ -33,6 +33,7 @@ class EditSettings:
     chunk_size: int = 8
     keyframe_batch: int = 8
     keyframe_anchors: int = 3
+    frame_range: tuple[int, int] | None = None  # produce only these frames [start, end) (farm chunks)
     qk_layers: Sequence[str] = attention.DEFAULT_QK_LAYERS
     conv_layers: Sequence[str] = attention.DEFAULT_CONV_LAYERS
 
@@ -127,10 +128,28 @@ class Editor:
         finally:
             attention.uninstall(self.model.unet, handles)
 
+    def produce(self, n_frames: int) -> range:
+        r = self.settings.frame_range
+        return range(*r) if r else range(n_frames)
+
+    def needed(self, n_frames: int, preview: bool) -> list[int]:
+        """Frames whose source latents the run reads: the keyframes, and for a propagation the
+        produced frames plus every frame that is a keyframe at some step (see keyframes.tracked)."""
+        s = self.settings
+        if preview:
+            return sorted(self._keyframes(n_frames, 0, preview=True))
+        if s.method == "per-frame":
+            return list(self.produce(n_frames))
+        steps = len(self.timesteps)
+        return keyframes.tracked(
+            s.keyframe_mode, n_frames, s.keyframe_stride, s.seed, steps, self.produce(n_frames)
+        )
+
     def _run(self, preview: bool, cancelled: Callable[[], None]) -> EditResult:
         s, state = self.settings, self.state
         x = self.source(self.timesteps[0]).clone()
         n_frames = x.shape[0]
+        carried = self.needed(n_frames, preview=False)
         n_conv, n_qk = injection_steps(s)
         keys: list[int] = []
         for step, t in enumerate(self.timesteps):
@@ -139,25 +158,24 @@ class Editor:
             keys = self._keyframes(n_frames, step, preview)
             state.begin_step(step, inject_qk=step < n_qk, inject_conv=step < n_conv, n_keyframes=len(keys))
             if s.method == "per-frame":
-                targets = keys if preview else list(range(n_frames))
-                x = self._per_frame_step(x, src, t, targets, cancelled)
+                x = self._per_frame_step(x, src, t, keys if preview else carried, cancelled)
                 continue
             denoised = self._keyframe_pass(x, src, t, keys, cancelled)
             if preview:
                 x = denoised
                 continue
             state.set_mode("propagate")
-            new = torch.empty_like(x)
-            for start in range(0, n_frames, s.chunk_size):
+            new = x.clone()
+            for start in range(0, len(carried), s.chunk_size):
                 cancelled()
-                chunk = list(range(start, min(start + s.chunk_size, n_frames)))
+                chunk = carried[start : start + s.chunk_size]
                 state.plan = keyframes.sources(chunk, keys)
                 eps = self._guided_eps(src[chunk], x[chunk], t)
                 new[chunk] = self._denoise(eps, t, x[chunk])
                 self.on_call("propagate", len(chunk))
             x = new
         state.set_mode("plain")
-        produced = keys if preview else list(range(n_frames))
+        produced = keys if preview else list(self.produce(n_frames))
         reported = [] if s.method == "per-frame" and not preview else keys
         return EditResult(produced, x[produced].clone(), reported, set(state.injections))
 

@@ -100,3 +100,16 @@ def passes(n_keyframes: int, batch: int, anchors: int) -> list[KeyframePass]:
         members = sorted(set(owned) | {p for p in context if 0 <= p < n_keyframes})
         out.append(KeyframePass(owned, members))
     return out
+
+
+def tracked(mode: str, n_frames: int, stride: int, seed: int, steps: int, produce: range) -> list[int]:
+    """The frames a run must carry through every step to produce the frames in `produce`.
+
+    A keyframe's latent at a step is the propagated latent of that frame from the step before,
+    so besides its own frames a run carries every frame that is a keyframe at some step: in
+    `fixed` mode only the K keyframes, in `resample` mode every frame some step draws.
+    """
+    keys: set[int] = set()
+    for step in range(steps if mode == "resample" else 1):
+        keys.update(choose(mode, n_frames, stride, seed, step))
+    return sorted(set(produce) | keys)

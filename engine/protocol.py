@@ -57,6 +57,8 @@ CANCEL_LINE = "cancel"
 
 STAGE_PREVIEW = "preview"
 STAGE_PROPAGATE = "propagate"
+STAGE_INVERT = "invert"  # only fill the inversion cache (a farm's prepare task); writes no output
+STAGES_OF_JOB = (STAGE_PREVIEW, STAGE_PROPAGATE, STAGE_INVERT)
 KEYFRAME_MODES = ("fixed", "resample")
 EDIT_MODES = ("pnp", "sdedit")
 METHODS = ("tokenflow", "per-frame")
@@ -97,6 +99,9 @@ class Job:
     keyframe_batch: int = 8
     keyframe_anchors: int = 3
     evaluate: bool = False
+    # [start, end): produce only these frames (a farm chunk); start and end on keyframe-stride
+    # multiples (end may be the shot's end). None produces the whole shot.
+    frame_range: list[int] | None = None
     version: int = PROTOCOL_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -139,9 +144,9 @@ class Job:
             raise JobError("no frames: give at least one image file")
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise JobError("the prompt is empty: describe the edit, e.g. 'a watercolor painting'")
-        if not isinstance(self.output, str) or not self.output.strip():
+        if self.stage != STAGE_INVERT and (not isinstance(self.output, str) or not self.output.strip()):
             raise JobError("'output' must name a folder that does not exist yet")
-        _choice("stage", self.stage, (STAGE_PREVIEW, STAGE_PROPAGATE))
+        _choice("stage", self.stage, STAGES_OF_JOB)
         _choice("keyframe_mode", self.keyframe_mode, KEYFRAME_MODES)
         _choice("edit_mode", self.edit_mode, EDIT_MODES)
         _choice("method", self.method, METHODS)
@@ -159,8 +164,32 @@ class Job:
         _number("pnp_f_t", self.pnp_f_t, 0.0, 1.0)
         _number("pnp_attn_t", self.pnp_attn_t, 0.0, 1.0)
         _number("sdedit_strength", self.sdedit_strength, 0.0, 1.0, low_open=True)
+        self._validate_range()
         if not isinstance(self.model, str) or not self.model.strip():
             raise JobError("'model' is empty: give a hub id, a diffusers folder or a .safetensors file")
+
+    def _validate_range(self) -> None:
+        if self.frame_range is None:
+            return
+        r = self.frame_range
+        n = len(self.frames)
+        if not (
+            isinstance(r, list)
+            and len(r) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in r)
+        ):
+            raise JobError(f"'frame_range' must be [start, end] (whole numbers), got {r!r}")
+        start, end = r
+        if not 0 <= start < end <= n:
+            raise JobError(f"'frame_range' {r} must satisfy 0 <= start < end <= {n} (the number of frames)")
+        stride = self.keyframe_stride
+        if start % stride or (end % stride and end != n):
+            raise JobError(
+                f"'frame_range' {r} must start and end on multiples of keyframe_stride ({stride}) "
+                f"or end at the shot's end ({n})"
+            )
+        if self.stage == STAGE_PREVIEW:
+            raise JobError("'frame_range' is for propagate chunks; a preview always covers the keyframes")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

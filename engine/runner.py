@@ -57,6 +57,7 @@ def settings_from_job(job: protocol.Job) -> EditSettings:
         chunk_size=job.chunk_size,
         keyframe_batch=job.keyframe_batch,
         keyframe_anchors=job.keyframe_anchors,
+        frame_range=tuple(job.frame_range) if job.frame_range else None,
     )
 
 
@@ -87,9 +88,12 @@ class Run:
     # -- stages ---------------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
         job = self.job
-        dest = check_output(job.output)
+        invert_only = job.stage == protocol.STAGE_INVERT
+        dest = None if invert_only else check_output(job.output)
         self.progress.stage("read")
         shot = frames.read_shot(job.frames)
+        if job.frame_range and job.frame_range[1] > len(shot):
+            raise BadInput(f"frame_range {job.frame_range} runs past the shot's {len(shot)} frames")
         self.cancel.check()
         self.progress.stage("load")
         if self.model is None:
@@ -106,23 +110,37 @@ class Run:
             **model.placement.describe(),
         )
         settings = settings_from_job(job)
-        source = self._source_latents(shot, size, settings)
+        preview = job.stage == protocol.STAGE_PREVIEW
         prompts = Prompts(
             model.encode_prompt(job.source_prompt),
             model.encode_prompt(job.negative_prompt),
             model.encode_prompt(job.prompt),
         )
-        preview = job.stage == protocol.STAGE_PREVIEW
-        self._plan_edit(settings, len(shot), preview)
-        editor = Editor(model, settings, source, prompts, on_call=self._on_edit_call)
+        editor = Editor(model, settings, lambda t: source(t), prompts, on_call=self._on_edit_call)
+        needed = list(range(len(shot))) if invert_only else editor.needed(len(shot), preview)
+        source = self._source_latents(shot, size, needed)
+        if invert_only:
+            return {
+                "output": None,
+                "files": [],
+                "keyframes": [],
+                "indices": [],
+                "stats": self.stats,
+                "metrics": None,
+            }
+        self._plan_edit(settings, editor, len(shot), preview)
         result = editor.run(preview=preview, cancelled=self.cancel.check)
         self.emit(protocol.EVENT_KEYFRAMES, indices=result.keyframes)
         conv, qk = injection_steps(settings)
         self.stats["injection_steps"] = {"residual": conv, "qk": qk}
+        assert dest is not None
         return self._write(shot, dest, result.frames, result.latents, result.keyframes, preview)
 
-    def _source_latents(self, shot: frames.Shot, size: tuple[int, int], settings: EditSettings):
-        """Inverted latents of every frame at every edit timestep, from the cache where possible."""
+    def _source_latents(self, shot: frames.Shot, size: tuple[int, int], needed: list[int]):
+        """Inverted latents at every edit timestep for the frames the run reads, cached per frame.
+
+        Frames the run never reads (outside a farm chunk's reach) stay zero and are not inverted.
+        """
         model, job = self.model, self.job
         assert model is not None
         cache = InversionCache(job.cache_dir or default_cache_dir())
@@ -136,9 +154,9 @@ class Run:
             scheduler=schedule_fingerprint(model.scheduler_config),
         )
         wanted = sorted(edit_timesteps(model, EditSettings(steps=job.steps)))
-        per_frame: list[torch.Tensor | None] = [cache.get(inv, f.digest, wanted) for f in shot.frames]
-        missing = [i for i, lat in enumerate(per_frame) if lat is None]
-        self.stats["cache_hits"] = len(shot) - len(missing)
+        found = {i: cache.get(inv, shot.frames[i].digest, wanted) for i in needed}
+        missing = [i for i in needed if found[i] is None]
+        self.stats["cache_hits"] = len(needed) - len(missing)
         self.stats["cache_misses"] = len(missing)
         if missing:
             self.progress.plan("inversion", len(missing) * job.steps)
@@ -158,24 +176,27 @@ class Run:
                 if timesteps != wanted:
                     raise EngineError(f"inversion timesteps {timesteps[:3]}... differ from the edit's")
                 for j, i in enumerate(chunk):
-                    per_frame[i] = latents[:, j].contiguous()  # a plain layout, as a cache load gives
-                    cache.put(inv, shot.frames[i].digest, timesteps, per_frame[i])
-        stacked = torch.stack([lat for lat in per_frame if lat is not None], dim=1)  # (T, N, 4, h, w)
+                    found[i] = latents[:, j].contiguous()  # a plain layout, as a cache load gives
+                    cache.put(inv, shot.frames[i].digest, timesteps, found[i])
+        h, w = size[1] // model.vae_factor, size[0] // model.vae_factor
+        stacked = torch.zeros(len(wanted), len(shot), 4, h, w)  # (T, N, 4, h, w)
+        for i, latents in found.items():
+            stacked[:, i] = latents
         index = {t: k for k, t in enumerate(wanted)}
         return lambda t: stacked[index[int(t)]]
 
-    def _plan_edit(self, settings: EditSettings, n: int, preview: bool) -> None:
-        steps = len(edit_timesteps(self.model, settings))  # type: ignore[arg-type]
+    def _plan_edit(self, settings: EditSettings, editor: Editor, n: int, preview: bool) -> None:
         from . import keyframes
 
+        steps = len(editor.timesteps)
         keys = keyframes.choose(settings.keyframe_mode, n, settings.keyframe_stride, settings.seed, 0)
         if settings.method == "per-frame":
-            self.progress.plan("per-frame", steps * (len(keys) if preview else n))
+            self.progress.plan("per-frame", steps * (len(keys) if preview else len(editor.produce(n))))
         else:
             batches = keyframes.passes(len(keys), settings.keyframe_batch, settings.keyframe_anchors)
             self.progress.plan("keyframes", steps * sum(len(p.members) for p in batches))
             if not preview:
-                self.progress.plan("propagate", steps * n)
+                self.progress.plan("propagate", steps * len(editor.needed(n, preview=False)))
 
     def _on_edit_call(self, stage: str, n: int) -> None:
         key = "keyframe_unet_frames" if stage == "keyframes" else "propagate_unet_frames"
@@ -208,6 +229,8 @@ class Run:
             manifest = {
                 "protocol": protocol.PROTOCOL_VERSION,
                 "stage": job.stage,
+                "frame_range": job.frame_range,
+                "frame_count": len(shot),
                 "files": names,
                 "indices": produced,
                 "keyframes": keys,
