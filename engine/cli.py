@@ -112,13 +112,37 @@ def _run_job(job: protocol.Job) -> int:
     return execute(job, Emitter(), cancel)
 
 
+def _parse_range(text: str) -> list[int]:
+    start, _, end = text.partition(":")
+    try:
+        return [int(start), int(end)]
+    except ValueError as exc:
+        raise protocol.JobError(f"frame range {text!r} must look like START:END (e.g. 48:96)") from exc
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         text = Path(args.job).read_text()
     except OSError as exc:
         return _fail("bad_input", f"cannot read the job file {args.job}: {exc.strerror}")
     try:
-        job = protocol.Job.from_json(text)
+        data = json.loads(text)
+        # Farm tasks share one job file and override what differs per task.
+        overrides = {
+            "stage": args.stage,
+            "output": args.output,
+            "prompt": args.prompt,
+            "model": args.model,
+            "cache_dir": args.cache_dir,
+            "device": args.device,
+        }
+        if isinstance(data, dict):
+            data.update({k: v for k, v in overrides.items() if v is not None})
+            if args.frame_range:
+                data["frame_range"] = _parse_range(args.frame_range)
+        job = protocol.Job.from_dict(data)
+    except json.JSONDecodeError as exc:
+        return _fail("bad_input", f"{args.job} is not valid JSON: {exc}")
     except protocol.JobError as exc:
         return _fail("bad_input", f"{args.job}: {exc}")
     return _run_job(job)
@@ -207,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a job file (JSON, as written by Blender or `edit --write-job`)")
     run.add_argument("job", help="path of the job JSON file")
+    run.add_argument("--stage", choices=protocol.STAGES_OF_JOB, help="override the job's stage")
+    run.add_argument("--frame-range", metavar="START:END", help="produce only these frames (a farm chunk)")
+    run.add_argument("--output", help="override the job's output folder")
+    run.add_argument("--prompt", help="override the job's prompt")
+    run.add_argument("--model", help="override the job's model")
+    run.add_argument("--cache-dir", help="override the job's inversion cache folder")
+    run.add_argument("--device", choices=protocol.DEVICES, help="override the job's device")
     run.set_defaults(func=cmd_run)
 
     edit = sub.add_parser(

@@ -15,6 +15,8 @@ export TOKENFLOW_ENGINE_PYTHON="$engine/bin/python"
 
 echo "== ruff"
 "$engine/bin/ruff" check .
+echo "== Flamenco job type (Node $(node --version))"
+node --test tests/farm/
 echo "== engine tests (torch $("$engine/bin/python" -c 'import torch; print(torch.__version__)'))"
 "$engine/bin/python" -m pytest tests/engine -q -p no:cacheprovider
 for venv in "$bpy42" "$bpy50"; do
