@@ -48,7 +48,7 @@ OPTION_HELP = {
 }
 
 
-def _setup_logging() -> None:
+def _setup_logging(quiet_libraries: bool = True) -> None:
     logging.basicConfig(
         level=os.environ.get("TOKENFLOW_LOG", "INFO"),
         stream=sys.stderr,
@@ -56,7 +56,9 @@ def _setup_logging() -> None:
     )
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
+    if not quiet_libraries:
+        return
+    try:  # progress bars and chatter of the model libraries; costs their import (seconds)
         from diffusers.utils import logging as dlog
         from transformers.utils import logging as tlog
 
@@ -293,5 +295,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging()
+    _setup_logging(quiet_libraries=args.command in ("run", "edit", "make-tiny-model"))
     return int(args.func(args))

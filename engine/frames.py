@@ -47,7 +47,7 @@ class Shot:
         return len(self.frames)
 
 
-def _decode(path: Path, data: bytes) -> tuple[np.ndarray, int]:
+def decode_image(path: Path, data: bytes) -> tuple[np.ndarray, int]:
     raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if raw is None:
         raise BadInput(f"{path} could not be decoded as an image; re-export it as PNG, JPEG or TIFF")
@@ -87,7 +87,7 @@ def read_shot(paths: Sequence[str | os.PathLike[str]]) -> Shot:
             raise BadInput(
                 f"frame file {path} cannot be read: {exc.strerror}; check its permissions"
             ) from exc
-        image, depth = _decode(path, data)
+        image, depth = decode_image(path, data)
         frames.append(Frame(path, hashlib.sha256(data).hexdigest(), image, depth))
     first = frames[0]
     for frame in frames[1:]:

@@ -225,7 +225,7 @@ class Run:
                 frames.write_png(tmp / name, rgb, frame.bit_depth)
                 names.append(name)
                 self.progress.stage("write", k + 1, len(produced))
-            metrics = self._evaluate(shot, tmp) if job.evaluate and not preview else None
+            metrics = self._evaluate(shot, tmp, produced) if job.evaluate and not preview else None
             manifest = {
                 "protocol": protocol.PROTOCOL_VERSION,
                 "stage": job.stage,
@@ -257,12 +257,22 @@ class Run:
             "metrics": metrics,
         }
 
-    def _evaluate(self, shot: frames.Shot, edited: Path) -> dict[str, Any] | None:
-        self.progress.stage("evaluate")
+    def _evaluate(self, shot: frames.Shot, edited: Path, produced: list[int]) -> dict[str, Any]:
+        """Temporal consistency and structure of the written frames against their sources."""
         from .evaluate import evaluate_frames
 
+        total = len(produced)
+
+        def on_frame(i: int) -> None:
+            self.cancel.check()
+            self.progress.stage("evaluate", i + 1, total)
+
         return evaluate_frames(
-            [f.path for f in shot.frames], sorted(edited.glob("*.png")), prompt=self.job.prompt
+            [shot.frames[i].path for i in produced],
+            sorted(edited.glob("*.png")),
+            prompt=self.job.prompt,
+            max_side=self.job.size,  # measure at the working size: larger adds time, not information
+            on_frame=on_frame,
         )
 
 

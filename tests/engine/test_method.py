@@ -270,3 +270,22 @@ def test_grouped_keyframe_pass_bounds_the_unet_batch(model, city16, tmp_path):
     assert p["keyframes"] == list(range(12))
     for a, b in zip(p["files"], f["files"], strict=True):
         assert np.abs(read(a) - read(b)).max() <= 2
+
+
+@pytest.mark.parametrize("frame_range", [None, [4, 8]])
+def test_evaluate_option_reports_metrics(model, city16, tmp_path, frame_range):
+    code, events = run_in_process(
+        model,
+        frames=[str(f) for f in city16[:8]],
+        output=str(tmp_path / "o"),
+        prompt="a red car",
+        cache_dir=str(tmp_path / "cache"),
+        evaluate=True,
+        frame_range=frame_range,
+    )
+    assert code == 0, events.getvalue()
+    (done,) = events.events("done")
+    summary = done["metrics"]["summary"]
+    assert summary["warp_error"] > 0 and summary["warp_error_source"] > 0
+    assert done["metrics"]["summary_line"].startswith("warp error")
+    assert "evaluate" in {e["stage"] for e in events.events("progress")}
