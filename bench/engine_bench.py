@@ -70,8 +70,9 @@ def memory_child(args: argparse.Namespace) -> None:
 
     model = models.load(args.model, devices.choose(args.device))
     frames = sorted(str(p) for p in Path(args.frames_dir).glob("*.png"))[: args.frames]
-    cache = tempfile.mkdtemp(prefix="bench-cache-")
-    out = Path(tempfile.mkdtemp(prefix="bench-out-")) / "out"
+    work = Path(args.work)
+    cache = str(work / f"cache-{args.frames}")
+    out = work / f"out-{args.frames}"
     common = dict(
         frames=frames,
         prompt="a watercolor painting",
@@ -117,6 +118,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "engine"))
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--frames-dir", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--work", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.memory_child:
@@ -129,7 +131,8 @@ def main() -> None:
     from tests.clips import extract_frames
 
     _setup_logging()
-    work = Path(tempfile.mkdtemp(prefix="tokenflow-bench-"))
+    scratch = tempfile.TemporaryDirectory(prefix="tokenflow-bench-")
+    work = Path(scratch.name)
     if not args.model:
         args.model = str(make_tiny_model(work / f"model-{args.model_size}", size=args.model_size))
     most = max([args.frames, *map(int, args.memory_frames.split(","))])
@@ -198,6 +201,8 @@ def main() -> None:
             str(args.chunk),
             "--device",
             args.device,
+            "--work",
+            str(work),
         ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         memory.append(json.loads(out))
