@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from .keyframes import FrameSource
-from .matching import nearest_tokens
+from .matching import nearest_tokens, unit
 
 COPIES = 3
 # The reference implementation's PnP layers (SD's decoder).
@@ -56,7 +56,7 @@ class TokenFlowState:
     inject_conv: bool = False
     # Where kept keyframe features live; the CPU keeps device memory flat for many keyframes.
     store_device: torch.device | None = None
-    keyframe_tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # (K, S, D)
+    keyframe_tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # (K, S, D), unit length
     keyframe_outputs: dict[str, torch.Tensor] = field(default_factory=dict)  # (3, K, S, D)
     plan: list[FrameSource] = field(default_factory=list)  # the current chunk's frames
     n_keyframes: int = 0
@@ -83,8 +83,12 @@ class TokenFlowState:
         self.owned = owned
 
     def keep(self, layer: str, tokens: torch.Tensor, outputs: torch.Tensor) -> None:
-        """Store the owned keyframes' source tokens (n, S, D) and outputs (3, n, S, D)."""
+        """Store the owned keyframes' source tokens (n, S, D) and outputs (3, n, S, D).
+
+        Tokens are kept normalised (float32): they only serve the nearest-neighbour search.
+        """
         device = self.store_device or tokens.device
+        tokens = unit(tokens)
         if layer not in self.keyframe_tokens:
             k = self.n_keyframes
             self.keyframe_tokens[layer] = tokens.new_empty((k, *tokens.shape[1:]), device=device)
@@ -190,10 +194,11 @@ class TokenFlowAttnProcessor:
             if src.exact:
                 frames.append(out_a.to(dtype))
                 continue
-            idx_a = nearest_tokens(hidden_states[i], key_tokens[src.a].to(device))
+            queries = unit(hidden_states[i])
+            idx_a = nearest_tokens(queries, key_tokens[src.a].to(device), normalized=True)
             mixed = out_a[:, idx_a].float()
             if src.b != src.a:
-                idx_b = nearest_tokens(hidden_states[i], key_tokens[src.b].to(device))
+                idx_b = nearest_tokens(queries, key_tokens[src.b].to(device), normalized=True)
                 out_b = key_outputs[:, src.b].to(device)[:, idx_b].float()
                 # lerp form: a frame between two equal keyframes gets exactly their output
                 mixed = torch.lerp(out_b, mixed, src.weight_a)
