@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The main job: headless Blender (the bpy module) builds a scene with an image strip of real frames
+# (cityCC0.mpg, CC0), runs "Preview keyframes" then "Propagate" through the extension's own
+# operators and the real engine subprocess, and saves the .blend and a before/after contact sheet.
+#
+#   bash scripts/demo.sh                       # offline: a tiny random-weight model (noise-like output)
+#   bash scripts/demo.sh --model ID_OR_PATH    # a real model: hub id, diffusers folder or .safetensors
+#   bash scripts/demo.sh --out DIR             # where the .blend, frames and contact sheet go (default out/demo)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+engine="$(bash scripts/setup_env.sh engine)"
+bpy50="$(bash scripts/setup_env.sh bpy-5.0)"
+export OMP_WAIT_POLICY=PASSIVE
+export TOKENFLOW_ENGINE_PYTHON="$engine/bin/python"
+
+args=("$@")
+if [[ " $* " != *" --model "* ]]; then
+  model="$root/build/tiny-model"
+  if [ ! -f "$model/model_index.json" ]; then
+    rm -rf "$model"
+    "$engine/bin/python" -m engine make-tiny-model "$model" 2>/dev/null
+  fi
+  echo "No --model given: using a tiny random-weight model ($model); the edit will look like noise."
+  echo "For a real edit: bash scripts/demo.sh --model stabilityai/stable-diffusion-2-1-base"
+  args+=(--model "$model")
+fi
+exec "$bpy50/bin/python" scripts/demo.py "${args[@]}"
