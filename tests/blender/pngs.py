@@ -1,0 +1,40 @@
+"""Tiny image files written with the standard library (the bpy venvs have no PIL / OpenCV)."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+
+def write_png(
+    path: Path, width: int, height: int, rgb: tuple[int, int, int] = (128, 64, 32), depth: int = 8
+) -> Path:
+    """A flat-colour RGB PNG of the given size and bit depth (8 or 16)."""
+    pixel = b"".join(struct.pack(">H", c * 257) for c in rgb) if depth == 16 else bytes(rgb)
+    raw = b"".join(b"\x00" + pixel * width for _ in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, 2, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def write_sequence(
+    folder: Path, count: int, width: int = 32, height: int = 24, stem: str = "img"
+) -> list[Path]:
+    """`count` PNG frames named stem_0001.png ... with slightly different colours."""
+    return [
+        write_png(folder / f"{stem}_{i + 1:04d}.png", width, height, (i * 10 % 256, 80, 160))
+        for i in range(count)
+    ]

@@ -1,0 +1,176 @@
+"""Operators: thin wrappers that call :mod:`.jobs` and turn its errors into reports.
+
+They return at once: the engine runs as a subprocess and a timer brings its progress and result
+back, so the UI never blocks (and `INVOKE_DEFAULT` from a script behaves like `execute`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import bpy
+from bpy.props import StringProperty
+
+from ..engine import protocol
+from . import compat, controller, jobs, preferences
+
+LOG_TEXT = "TokenFlow Log"
+
+
+def _fail(op: bpy.types.Operator, message: str) -> set[str]:
+    """Report a problem and keep it in the panel: no silent failures."""
+    jobs.state().error = message
+    op.report({"ERROR"}, message)
+    return {"CANCELLED"}
+
+
+class _EditOperator:
+    stage = protocol.STAGE_PROPAGATE
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        # Not stricter: a failed poll says only "context is incorrect"; execute() says what is wrong.
+        return compat.scene_of(context) is not None
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            task = jobs.start_edit(context, self.stage)
+        except jobs.UserError as exc:
+            return _fail(self, str(exc))
+        if task.state == controller.ERROR:
+            return _fail(self, task.message)
+        self.report({"INFO"}, f"TokenFlow {self.stage} started: {task.context['count']} frames")
+        return {"FINISHED"}
+
+
+class SEQUENCER_OT_tokenflow_preview(_EditOperator, bpy.types.Operator):
+    """Edit only the keyframes (about K/N of the full cost) and add them as a preview strip"""
+
+    bl_idname = "sequencer.tokenflow_preview"
+    bl_label = "Preview Keyframes"
+    bl_options = {"REGISTER"}
+    stage = protocol.STAGE_PREVIEW
+
+
+class SEQUENCER_OT_tokenflow_propagate(_EditOperator, bpy.types.Operator):
+    """Edit every frame of the active strip and add the result as a new strip above it"""
+
+    bl_idname = "sequencer.tokenflow_propagate"
+    bl_label = "Propagate"
+    bl_options = {"REGISTER"}
+    stage = protocol.STAGE_PROPAGATE
+
+
+class SEQUENCER_OT_tokenflow_cancel(bpy.types.Operator):
+    """Stop the running TokenFlow job; nothing is added and its temporary files are removed"""
+
+    bl_idname = "sequencer.tokenflow_cancel"
+    bl_label = "Cancel"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return controller.running(jobs.SLOT_EDIT) is not None
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        jobs.cancel(jobs.SLOT_EDIT)
+        self.report({"INFO"}, "Cancelling the TokenFlow job")
+        return {"FINISHED"}
+
+
+class SEQUENCER_OT_tokenflow_show_log(bpy.types.Operator):
+    """Open the engine's full log in a Text Editor window"""
+
+    bl_idname = "sequencer.tokenflow_show_log"
+    bl_label = "Show Engine Log"
+    bl_options = {"REGISTER"}
+
+    path: StringProperty(name="Log", default="", subtype="FILE_PATH", options={"SKIP_SAVE"})
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        path = self.path or jobs.state().log_path
+        if not path or not os.path.isfile(path):
+            self.report({"WARNING"}, "No engine log yet: run a job first")
+            return {"CANCELLED"}
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            content = fh.read()
+        text = bpy.data.texts.get(LOG_TEXT) or bpy.data.texts.new(LOG_TEXT)
+        text.clear()
+        text.write(content)
+        text.filepath = ""
+        _open_text_window(context, text)
+        self.report({"INFO"}, f"The engine log is in the text '{LOG_TEXT}' ({path})")
+        return {"FINISHED"}
+
+
+def _open_text_window(context: bpy.types.Context, text: bpy.types.Text) -> None:
+    """A new window with the log in a Text Editor (only with a UI)."""
+    if bpy.app.background or context.window is None:
+        return
+    try:
+        bpy.ops.wm.window_new()
+        window = context.window_manager.windows[-1]
+        area = window.screen.areas[0]
+        area.type = "TEXT_EDITOR"
+        area.spaces[0].text = text
+    except (RuntimeError, IndexError, AttributeError):
+        pass
+
+
+class PREFERENCES_OT_tokenflow_install_engine(bpy.types.Operator):
+    """Create the engine environment (torch, diffusers) with pip in the extension's user folder"""
+
+    bl_idname = "preferences.tokenflow_install_engine"
+    bl_label = "Install Engine"
+    bl_options = {"REGISTER"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        prefs = preferences.get()
+        try:
+            jobs.start_install(prefs.torch_index_url if prefs else "")
+        except jobs.UserError as exc:
+            jobs.state().install_status = "ERROR"
+            jobs.state().install_message = str(exc)
+            return _fail(self, str(exc))
+        self.report({"INFO"}, "Installing the engine; this downloads a few GB")
+        return {"FINISHED"}
+
+
+class PREFERENCES_OT_tokenflow_cancel_install(bpy.types.Operator):
+    """Stop installing the engine"""
+
+    bl_idname = "preferences.tokenflow_cancel_install"
+    bl_label = "Cancel Install"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        jobs.cancel(jobs.SLOT_INSTALL)
+        return {"FINISHED"}
+
+
+class PREFERENCES_OT_tokenflow_check_engine(bpy.types.Operator):
+    """Run the engine once and report its torch version and the device it will use"""
+
+    bl_idname = "preferences.tokenflow_check_engine"
+    bl_label = "Check Engine"
+    bl_options = {"REGISTER"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            jobs.start_check()
+        except jobs.UserError as exc:
+            jobs.state().engine_info = str(exc)
+            return _fail(self, str(exc))
+        self.report({"INFO"}, "Checking the engine")
+        return {"FINISHED"}
+
+
+classes = (
+    SEQUENCER_OT_tokenflow_preview,
+    SEQUENCER_OT_tokenflow_propagate,
+    SEQUENCER_OT_tokenflow_cancel,
+    SEQUENCER_OT_tokenflow_show_log,
+    PREFERENCES_OT_tokenflow_install_engine,
+    PREFERENCES_OT_tokenflow_cancel_install,
+    PREFERENCES_OT_tokenflow_check_engine,
+)
+register, unregister = bpy.utils.register_classes_factory(classes)

@@ -1,0 +1,176 @@
+"""Settings saved with the scene (`scene.tokenflow`) and the running job's state, which is not
+saved (`window_manager.tokenflow_job`)."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    EnumProperty,
+    FloatProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
+
+from ..engine import protocol
+
+DEFAULTS = protocol.Job(frames=["-"], output="-", prompt="-")
+# Blender 4.5 flags path properties that accept '//' (and warns about the others); 4.2 has no such flag.
+BLEND_RELATIVE = {"PATH_SUPPORTS_BLEND_RELATIVE"} if bpy.app.version >= (4, 5, 0) else set()
+
+
+class TokenFlowSettings(bpy.types.PropertyGroup):
+    """One shot's edit settings; the field names follow protocol.Job."""
+
+    prompt: StringProperty(
+        name="Prompt",
+        description="What the edited shot should look like, e.g. 'a watercolor painting of a city street'",
+        default="",
+    )
+    negative_prompt: StringProperty(
+        name="Negative",
+        description="What the edit should avoid (classifier-free guidance's negative prompt)",
+        default=protocol.DEFAULT_NEGATIVE,
+    )
+    source_prompt: StringProperty(
+        name="Source",
+        description="A short description of the source shot, used for the DDIM inversion (may be empty)",
+        default="",
+    )
+    model: StringProperty(
+        name="Model",
+        description="Hub id, diffusers folder or .safetensors file for this scene; empty uses the "
+        "default model from the extension's preferences",
+        default="",
+    )
+    steps: IntProperty(
+        name="Steps",
+        description="DDIM steps for inversion and edit; the inversion is cached per frame for these steps",
+        default=DEFAULTS.steps,
+        min=1,
+        soft_max=200,
+        max=1000,
+    )
+    guidance: FloatProperty(
+        name="Guidance",
+        description="Classifier-free guidance scale: higher follows the prompt more closely",
+        default=DEFAULTS.guidance,
+        min=0.0,
+        max=50.0,
+        soft_max=20.0,
+    )
+    pnp_f_t: FloatProperty(
+        name="Feature Injection",
+        description="Fraction of the first steps that take the source's residual features (structure)",
+        default=DEFAULTS.pnp_f_t,
+        min=0.0,
+        max=1.0,
+        subtype="FACTOR",
+    )
+    pnp_attn_t: FloatProperty(
+        name="Attention Injection",
+        description="Fraction of the first steps that take the source's self-attention queries and keys",
+        default=DEFAULTS.pnp_attn_t,
+        min=0.0,
+        max=1.0,
+        subtype="FACTOR",
+    )
+    edit_mode: EnumProperty(
+        name="Edit Mode",
+        items=(
+            ("pnp", "Plug-and-Play", "Inject the source's features: keeps structure and motion"),
+            ("sdedit", "SDEdit", "Start part-way from the inverted noise"),
+        ),
+        default=DEFAULTS.edit_mode,
+    )
+    sdedit_strength: FloatProperty(
+        name="SDEdit Strength",
+        description="SDEdit only: the fraction of the schedule that is re-denoised",
+        default=DEFAULTS.sdedit_strength,
+        min=0.01,
+        max=1.0,
+        subtype="FACTOR",
+    )
+    keyframe_stride: IntProperty(
+        name="Keyframe Stride",
+        description="One keyframe per this many frames",
+        default=DEFAULTS.keyframe_stride,
+        min=1,
+        soft_max=32,
+        max=1000,
+    )
+    keyframe_mode: EnumProperty(
+        name="Keyframes",
+        items=(
+            (
+                "fixed",
+                "Fixed",
+                "Evenly spaced, the same at every step: the preview equals the final keyframes",
+            ),
+            ("resample", "Resample", "One random keyframe per block, re-drawn every step (the paper's)"),
+        ),
+        default=DEFAULTS.keyframe_mode,
+    )
+    seed: IntProperty(name="Seed", default=DEFAULTS.seed, min=0)
+    size: IntProperty(
+        name="Working Size",
+        description="Long side of the size the model works at, a multiple of 64; results come back at "
+        "the source size",
+        default=DEFAULTS.size,
+        min=64,
+        max=4096,
+        step=64,
+    )
+    chunk_size: IntProperty(
+        name="Chunk Size",
+        description="Frames per UNet call: lower it when the GPU runs out of memory",
+        default=DEFAULTS.chunk_size,
+        min=1,
+        max=256,
+    )
+    output_dir: StringProperty(
+        name="Output",
+        description="Folder for result frames ('//' is the .blend's folder; an unsaved file uses the "
+        "extension's user folder). Every run writes a new sub-folder",
+        default="//tokenflow/",
+        subtype="DIR_PATH",
+        options=BLEND_RELATIVE,
+    )
+
+
+class TokenFlowJobState(bpy.types.PropertyGroup):
+    """What the panel shows about the current (or last) job; filled from the job controller."""
+
+    status: StringProperty(default="IDLE")  # IDLE RUNNING DONE ERROR CANCELLED
+    kind: StringProperty(default="")  # preview | propagate | check | install
+    stage: StringProperty(default="")
+    progress: FloatProperty(default=0.0, min=0.0, max=1.0, subtype="FACTOR")
+    eta: StringProperty(default="")
+    message: StringProperty(default="")
+    error: StringProperty(name="Last Error", default="")
+    log_path: StringProperty(default="", subtype="FILE_PATH")
+    output: StringProperty(default="", subtype="DIR_PATH")
+    result_strip: StringProperty(default="")
+    engine_info: StringProperty(default="")  # answer of "Check engine"
+    install_status: StringProperty(default="")
+    install_message: StringProperty(default="")
+    install_progress: FloatProperty(default=0.0, min=0.0, max=1.0, subtype="FACTOR")
+    install_log: StringProperty(default="", subtype="FILE_PATH")
+    show_log: BoolProperty(default=False)
+
+
+classes = (TokenFlowSettings, TokenFlowJobState)
+_register, _unregister = bpy.utils.register_classes_factory(classes)
+
+
+def register() -> None:
+    _register()
+    bpy.types.Scene.tokenflow = PointerProperty(type=TokenFlowSettings)
+    bpy.types.WindowManager.tokenflow_job = PointerProperty(type=TokenFlowJobState)
+
+
+def unregister() -> None:
+    del bpy.types.WindowManager.tokenflow_job
+    del bpy.types.Scene.tokenflow
+    _unregister()

@@ -1,0 +1,160 @@
+"""Reading a strip's frames and adding result strips and markers: the thin bpy layer.
+
+The decisions (channels, names, preview layout) are plain functions in :mod:`.planning` and
+the frame checks in :mod:`.imageinfo`; this module only turns strips into plain values and
+plain values back into strips.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import bpy
+
+from . import compat, imageinfo, planning
+
+MARKER_PREFIX = "TF key"
+
+MOVIE_MESSAGE = (
+    "'{name}' is a movie strip. TokenFlow edits image sequences: render the movie to PNG frames "
+    "(a scene with only this strip, Output Properties: File Format PNG, Render > Render Animation, or "
+    "`ffmpeg -i movie.mp4 frames/frame_%04d.png`), add them with Add > Image/Sequence and run TokenFlow "
+    "on that strip"
+)
+TYPE_MESSAGES = {
+    "COLOR": "'{name}' is a colour strip: it has no frames to edit; select an image-sequence strip",
+    "TEXT": "'{name}' is a text strip: it has no frames to edit; select an image-sequence strip",
+    "SCENE": "'{name}' is a scene strip: render that scene to PNG frames, add them as an image strip, "
+    "and run TokenFlow on it",
+    "META": "'{name}' is a meta strip: open it (Tab) and select the image strip inside",
+    "SOUND": "'{name}' is a sound strip; select an image-sequence strip",
+    "MOVIE": MOVIE_MESSAGE,
+    "MOVIECLIP": MOVIE_MESSAGE,
+    "MASK": "'{name}' is a mask strip; select an image-sequence strip",
+}
+
+
+class SourceError(ValueError):
+    """The active strip cannot be edited; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Shot:
+    """A strip as plain values: the frames the timeline shows and where they sit."""
+
+    name: str
+    frames: list[str]  # absolute file paths, one per visible timeline frame, in order
+    start: int  # frame_final_start
+    channel: int
+    colorspace: str
+    width: int
+    height: int
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.frames)
+
+
+def visible_frames(strip: Any) -> list[str]:
+    """Absolute paths of exactly the frames the timeline shows (both kinds of trim respected).
+
+    `strip_elem_from_frame` maps timeline frames through offsets, animation offsets and reversal;
+    slicing `elements` would not.
+    """
+    directory = bpy.path.abspath(strip.directory, library=strip.id_data.library)
+    paths = []
+    for frame in range(strip.frame_final_start, strip.frame_final_end):
+        elem = strip.strip_elem_from_frame(frame)
+        if elem is None:
+            raise SourceError(f"'{strip.name}' shows no image at frame {frame}")
+        paths.append(os.path.normpath(os.path.join(directory, elem.filename)))
+    return paths
+
+
+def read_shot(strip: Any) -> Shot:
+    """Check that `strip` is something the engine can edit and describe it; raise SourceError."""
+    if strip is None:
+        raise SourceError("no active strip: select the image-sequence strip to edit in the Sequencer")
+    kind = strip.type
+    if kind != "IMAGE":
+        template = TYPE_MESSAGES.get(
+            kind, "'{name}' is a {kind} strip; TokenFlow edits image-sequence strips, select one"
+        )
+        raise SourceError(template.format(name=strip.name, kind=kind.lower()))
+    colorspace = strip.colorspace_settings.name
+    if not planning.is_display_referred(colorspace):
+        raise SourceError(
+            f"'{strip.name}' is read as {colorspace!r} (linear / data); the model needs display-referred "
+            f"sRGB frames: {imageinfo.HOW_TO_CONVERT}"
+        )
+    frames = visible_frames(strip)
+    try:
+        info = imageinfo.check_frames(frames)
+    except imageinfo.FrameError as exc:
+        raise SourceError(f"'{strip.name}': {exc}") from exc
+    return Shot(
+        name=strip.name,
+        frames=frames,
+        start=strip.frame_final_start,
+        channel=strip.channel,
+        colorspace=colorspace,
+        width=info.width,
+        height=info.height,
+    )
+
+
+def occupied(scene: Any) -> list[planning.Span]:
+    ed = scene.sequence_editor
+    if ed is None:
+        return []
+    return [
+        planning.Span(s.channel, s.frame_final_start, s.frame_final_end)
+        for s in compat.strips(ed)  # top level: strips inside metas live on the meta's own channels
+    ]
+
+
+def add_image_strip(
+    scene: Any,
+    name: str,
+    folder: str,
+    filenames: Sequence[str],
+    start: int,
+    above: int,
+    colorspace: str,
+) -> Any:
+    """One image strip of `filenames` (all in `folder`) at `start`, on the first free channel
+    above `above`, with its colour space set explicitly (defaults differ between versions)."""
+    if not filenames:
+        raise ValueError("no files for the strip")
+    ed = scene.sequence_editor or scene.sequence_editor_create()
+    channel = planning.free_channel(occupied(scene), start, start + len(filenames), above)
+    strip = compat.strips(ed).new_image(name, os.path.join(folder, filenames[0]), channel, start)
+    for filename in filenames[1:]:
+        strip.elements.append(filename)
+    strip.colorspace_settings.name = colorspace
+    # new_image may pick a channel itself if ours is taken by the time it runs; keep ours.
+    if strip.channel != channel:
+        strip.channel = channel
+    return strip
+
+
+def add_markers(scene: Any, start: int, indices: Sequence[int]) -> list[Any]:
+    """A timeline marker at each keyframe (no duplicates when a shot is edited again)."""
+    markers = []
+    existing = {(m.name, m.frame) for m in scene.timeline_markers}
+    for index in indices:
+        name, frame = f"{MARKER_PREFIX} {index}", start + index
+        if (name, frame) in existing:
+            markers.extend(m for m in scene.timeline_markers if (m.name, m.frame) == (name, frame))
+            continue
+        markers.append(scene.timeline_markers.new(name, frame=frame))
+        existing.add((name, frame))
+    return markers
+
+
+def find_strip(scene: Any, name: str) -> Any:
+    ed = scene.sequence_editor
+    return compat.strips_all(ed).get(name) if ed is not None else None

@@ -1,0 +1,109 @@
+"""Sidebar panels in the Sequencer (tab "TokenFlow"): prompts, settings, buttons, progress, errors."""
+
+from __future__ import annotations
+
+import bpy
+
+from ..tokenflow_blender import compat, controller, jobs, preferences
+
+
+class _TokenFlowPanel:
+    bl_space_type = "SEQUENCE_EDITOR"
+    bl_region_type = "UI"
+    bl_category = "TokenFlow"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return compat.scene_of(context) is not None
+
+
+class SEQUENCER_PT_tokenflow(_TokenFlowPanel, bpy.types.Panel):
+    bl_label = "TokenFlow"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        scene = compat.scene_of(context)
+        settings = scene.tokenflow
+        state = context.window_manager.tokenflow_job
+        strip = compat.active_strip(context, scene)
+
+        col = layout.column(align=True)
+        col.label(text=f"Strip: {strip.name}" if strip else "Strip: none selected", icon="SEQUENCE")
+        col = layout.column()
+        col.prop(settings, "prompt")
+        col.prop(settings, "negative_prompt")
+        col.prop(settings, "source_prompt")
+        col.prop(settings, "model", placeholder=preferences.default_model())
+
+        running = controller.running(jobs.SLOT_EDIT) is not None
+        row = layout.row(align=True)
+        row.scale_y = 1.3
+        row.enabled = not running
+        row.operator("sequencer.tokenflow_preview", icon="HIDE_OFF")
+        row.operator("sequencer.tokenflow_propagate", icon="SEQ_SEQUENCER")
+
+        if running:
+            box = layout.box()
+            text = f"{state.stage.capitalize()} {round(state.progress * 100)}%"
+            if state.eta:
+                text += f", {state.eta}"
+            box.progress(factor=state.progress, type="BAR", text=text)
+            box.label(text=state.message[:120] or "Starting the engine...")
+            box.operator("sequencer.tokenflow_cancel", icon="CANCEL")
+        elif state.status in ("DONE", "CANCELLED") and state.message:
+            layout.label(text=state.message[:160], icon="CHECKMARK" if state.status == "DONE" else "INFO")
+        if state.error:
+            box = layout.box()
+            box.alert = True
+            for i, line in enumerate(_wrap(state.error, 48)[:8]):
+                box.label(text=line, icon="ERROR" if i == 0 else "BLANK1")
+        if state.log_path:
+            layout.operator("sequencer.tokenflow_show_log", icon="TEXT")
+
+
+class SEQUENCER_PT_tokenflow_settings(_TokenFlowPanel, bpy.types.Panel):
+    bl_label = "Settings"
+    bl_parent_id = "SEQUENCER_PT_tokenflow"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        settings = compat.scene_of(context).tokenflow
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        col = layout.column()
+        col.prop(settings, "steps")
+        col.prop(settings, "guidance")
+        col.prop(settings, "edit_mode")
+        if settings.edit_mode == "pnp":
+            col.prop(settings, "pnp_f_t")
+            col.prop(settings, "pnp_attn_t")
+        else:
+            col.prop(settings, "sdedit_strength")
+        col.separator()
+        col.prop(settings, "keyframe_mode")
+        col.prop(settings, "keyframe_stride")
+        col.prop(settings, "seed")
+        col.prop(settings, "size")
+        col.prop(settings, "chunk_size")
+        col.separator()
+        col.prop(settings, "output_dir")
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Word-wrap a message for labels (a label does not wrap by itself)."""
+    lines: list[str] = []
+    for paragraph in text.splitlines() or [""]:
+        line = ""
+        for word in paragraph.split():
+            if line and len(line) + 1 + len(word) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        lines.append(line)
+    return lines
+
+
+classes = (SEQUENCER_PT_tokenflow, SEQUENCER_PT_tokenflow_settings)
+register, unregister = bpy.utils.register_classes_factory(classes)
