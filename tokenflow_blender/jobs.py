@@ -112,6 +112,7 @@ def build_job(scene: Any, shot: strips.Shot, stage: str, output: str) -> protoco
         seed=s.seed,
         size=max(64, round(s.size / 64) * 64),
         chunk_size=s.chunk_size,
+        evaluate=bool(s.evaluate) and stage == protocol.STAGE_PROPAGATE,
     )
     try:
         job.validate()
@@ -191,6 +192,7 @@ def start_edit(context: Any, stage: str) -> controller.ProcessTask:
     st.error = ""
     st.output = output
     st.result_strip = ""
+    st.quality = ""
     st.log_path = task.log_path
     controller.put(SLOT_EDIT, task)
     task.start()
@@ -252,8 +254,16 @@ def _apply_result(task: controller.ProcessTask) -> str:
     state().result_strip = strip.name
     inverted = (done.get("stats") or {}).get("inversion_unet_frames")
     reuse = " (inversion reused from the cache)" if inverted == 0 else ""
+    state().quality = _quality_line(done.get("metrics"))
     what = "Preview" if preview else "Result"
     return f"{what} added as '{strip.name}' on channel {strip.channel}{reuse}"
+
+
+def _quality_line(metrics: Any) -> str:
+    """The engine's one-line consistency summary, e.g. 'warp error 3.1 (source 1.1)', or ''."""
+    if not isinstance(metrics, dict):
+        return ""
+    return str(metrics.get("summary_line") or "")
 
 
 def cancel(slot: str = SLOT_EDIT) -> bool:

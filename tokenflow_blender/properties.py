@@ -129,6 +129,12 @@ class TokenFlowSettings(bpy.types.PropertyGroup):
         min=1,
         max=256,
     )
+    evaluate: BoolProperty(
+        name="Measure Consistency",
+        description="After Propagate, measure flicker against the source (optical-flow warp error, "
+        "structure) and show it in the panel; adds a few seconds",
+        default=True,
+    )
     output_dir: StringProperty(
         name="Output",
         description="Folder for result frames ('//' is the .blend's folder; an unsaved file uses the "
@@ -152,6 +158,7 @@ class TokenFlowJobState(bpy.types.PropertyGroup):
     log_path: StringProperty(default="", subtype="FILE_PATH")
     output: StringProperty(default="", subtype="DIR_PATH")
     result_strip: StringProperty(default="")
+    quality: StringProperty(default="")  # e.g. "warp error 3.1 (source 1.1)" after a measured run
     engine_info: StringProperty(default="")  # answer of "Check engine"
     install_status: StringProperty(default="")
     install_message: StringProperty(default="")

@@ -52,6 +52,8 @@ class SEQUENCER_PT_tokenflow(_TokenFlowPanel, bpy.types.Panel):
             box.operator("sequencer.tokenflow_cancel", icon="CANCEL")
         elif state.status in ("DONE", "CANCELLED") and state.message:
             layout.label(text=state.message[:160], icon="CHECKMARK" if state.status == "DONE" else "INFO")
+            if state.status == "DONE" and state.quality:
+                layout.label(text=f"Consistency: {state.quality}", icon="GRAPH")
         if state.error:
             box = layout.box()
             box.alert = True
@@ -87,6 +89,7 @@ class SEQUENCER_PT_tokenflow_settings(_TokenFlowPanel, bpy.types.Panel):
         col.prop(settings, "size")
         col.prop(settings, "chunk_size")
         col.separator()
+        col.prop(settings, "evaluate")
         col.prop(settings, "output_dir")
 
 

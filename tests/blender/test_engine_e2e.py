@@ -119,6 +119,7 @@ def test_preview_then_propagate(tf, shot) -> None:
     markers = sorted((m.name, m.frame) for m in scene.timeline_markers)
     assert markers == sorted((f"TF key {k}", START + k) for k in keys)
     assert "Preview added" in state.message
+    assert state.quality == "" and task.result["metrics"] is None  # a preview is not measured
 
     task = _run(tf, scene, "sequencer.tokenflow_propagate")
     assert task.state == "DONE", task.message + "\n" + task.log_tail(30)
@@ -135,6 +136,13 @@ def test_preview_then_propagate(tf, shot) -> None:
     assert sorted((m.name, m.frame) for m in scene.timeline_markers) == markers  # not duplicated
     assert task.result["keyframes"] == keys
     assert digest(frames) == before, "the source frames must stay byte-identical"
+    # The engine measured the result against the source; the panel shows its one-line summary.
+    summary = task.result["metrics"]["summary"]
+    assert task.result["metrics"]["frames"] == 12
+    assert summary["warp_error"] > 0 and summary["warp_error_source"] > 0
+    assert state.quality == (
+        f"warp error {summary['warp_error']:.1f} (source {summary['warp_error_source']:.1f})"
+    )
     _no_temp_folders(out)
     shot["first_result"] = (strip.name, folder, digest(sorted(folder.glob("*.png"))))
 
@@ -159,6 +167,18 @@ def test_second_prompt_adds_a_strip_without_inverting(tf, shot) -> None:
     assert digest(sorted(first_folder.glob("*.png"))) == first_digest, "an earlier result was overwritten"
     assert "inversion reused" in state.message
     scene.tokenflow.prompt = "a watercolor painting"
+
+
+def test_measuring_can_be_turned_off(tf, shot) -> None:
+    scene = shot["scene"]
+    scene.tokenflow.evaluate = False
+    try:
+        task = _run(tf, scene, "sequencer.tokenflow_propagate")
+    finally:
+        scene.tokenflow.evaluate = True
+    assert task.state == "DONE", task.message + "\n" + task.log_tail(30)
+    assert task.result["metrics"] is None
+    assert bpy.context.window_manager.tokenflow_job.quality == ""
 
 
 def _start_long_job(tf, scene: Any) -> Any:

@@ -81,6 +81,7 @@ def test_main_panel_states(tf, scene, monkeypatch) -> None:
         "keyframe_mode",
         "seed",
         "size",
+        "evaluate",
     }
     assert wanted <= details
     scene.tokenflow.edit_mode = "sdedit"
@@ -102,6 +103,15 @@ def test_main_panel_states(tf, scene, monkeypatch) -> None:
     assert any(text.startswith("could not load model") for text in labels)
     assert all(len(text) <= 60 for text in labels if "model" in text)
     assert ("operator", "sequencer.tokenflow_show_log") in failed
+
+    # Done and measured: the result line and the consistency figures.
+    state.error, state.status, state.message = "", "DONE", "Result added as 'TF city' on channel 3"
+    state.quality = "warp error 3.1 (source 1.1)"
+    try:
+        done = _draw(panel, ctx)
+    finally:
+        state.status, state.message, state.quality = "IDLE", "", ""
+    assert ("label", "Consistency: warp error 3.1 (source 1.1)") in done
 
 
 def test_preferences_draw(tf) -> None:
