@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Validate the extension's manifest with Blender's own extension CLI (shipped inside the bpy wheel)
-# and build the installable zip (engine/ included; tests, benchmarks, CI and scripts excluded by
-# [build] paths_exclude_pattern in blender_manifest.toml).
+# and build the installable zip (engine/ and the Flamenco job type included; tests, benchmarks,
+# CI and scripts excluded by [build] paths_exclude_pattern in blender_manifest.toml).
 #
 #   bash scripts/build_extension.sh [BPY_VENV] [OUT_DIR]
 #     BPY_VENV  a virtual environment with the bpy module (default .venvs/bpy-5.0)
@@ -35,8 +35,9 @@ zip="$out/$id-$version.zip"
 import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 missing = [n for n in ("blender_manifest.toml", "__init__.py", "engine/__main__.py", "engine/protocol.py",
-                       "engine/requirements.txt", "tokenflow_blender/__init__.py", "ui/panels.py") if n not in names]
-extra = [n for n in names if n.split("/")[0] in ("tests", "bench", "scripts", "farm", ".venvs", ".ci", ".git")]
+                       "engine/requirements.txt", "tokenflow_blender/__init__.py", "ui/panels.py",
+                       "farm/flamenco/tokenflow-video-edit.js") if n not in names]
+extra = [n for n in names if n.split("/")[0] in ("tests", "bench", "scripts", ".venvs", ".ci", ".git")]
 if missing or extra:
     sys.exit(f"bad extension zip: missing {missing}, unexpected {extra[:5]}")
 print(f"{sys.argv[1]}: {len(names)} files")

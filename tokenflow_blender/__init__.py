@@ -1,8 +1,9 @@
 """Blender glue for TokenFlow: settings, preferences, operators, strip I/O and the job controller.
 
 Nothing here imports torch, diffusers or numpy: the engine runs as a subprocess (see `engine/`).
-Plain-Python parts (`controller`, `planning`, `imageinfo`, `engine_env`) hold the logic; the
-bpy parts (`properties`, `preferences`, `operators`, `strips`, `jobs`) stay thin over them.
+Plain-Python parts (`controller`, `planning`, `imageinfo`, `engine_env`, `flamenco`, `farm_task`)
+hold the logic; the bpy parts (`properties`, `preferences`, `operators`, `strips`, `jobs`,
+`farm_jobs`) stay thin over them.
 """
 
 from __future__ import annotations

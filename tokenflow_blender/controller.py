@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..engine import protocol
 from . import planning
@@ -137,13 +137,7 @@ class ProcessTask:
                 proc.send_signal(signal.SIGTERM)
 
     def wait(self, timeout: float, interval: float = 0.05) -> bool:
-        """Tick until the task ends or `timeout` passes (blocking: tests, quitting). True if ended."""
-        end = time.monotonic() + timeout
-        while self.tick():
-            if time.monotonic() >= end:
-                return False
-            time.sleep(interval)
-        return True
+        return wait(self, timeout, interval)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """End the task now, whatever it is doing: polite cancel, a short wait, then kill."""
@@ -364,21 +358,49 @@ def _stage_fraction(stage: str, fraction: float) -> float:
     return low + (high - low) * max(0.0, min(1.0, fraction))
 
 
-# --- the tasks that are running, by slot ("edit", "install", "check") -------------------------
-_TASKS: dict[str, ProcessTask] = {}
+# --- the tasks that are running, by slot ("edit", "install", "check", "farm") -----------------
+def wait(task: Task, timeout: float, interval: float = 0.05) -> bool:
+    """Tick `task` until it ends or `timeout` passes (blocking: tests, quitting). True if it ended."""
+    end = time.monotonic() + timeout
+    while task.tick():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(interval)
+    return True
 
 
-def get(slot: str) -> ProcessTask | None:
+class Task(Protocol):
+    """What the registry and the timer need of a task: a ProcessTask or a farm_task.FarmTask."""
+
+    state: str
+    message: str
+    on_event: Any
+    on_finish: Any
+
+    @property
+    def running(self) -> bool: ...
+
+    def tick(self) -> bool: ...
+
+    def cancel(self, timeout: float | None = None) -> None: ...
+
+    def shutdown(self, timeout: float = 5.0) -> None: ...
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def get(slot: str) -> Task | None:
     """The task in a slot (running or the last finished one)."""
     return _TASKS.get(slot)
 
 
-def running(slot: str) -> ProcessTask | None:
+def running(slot: str) -> Task | None:
     task = _TASKS.get(slot)
     return task if task is not None and task.running else None
 
 
-def put(slot: str, task: ProcessTask) -> ProcessTask:
+def put(slot: str, task: Task) -> Task:
     if running(slot):
         raise RuntimeError(f"a {slot} task is already running")
     _TASKS[slot] = task
@@ -398,12 +420,15 @@ def shutdown_all(timeout: float = 5.0, quiet: bool = True) -> None:
     """End every running child (unregister, quit): the engine must not outlive Blender.
 
     `quiet` drops the callbacks first: while quitting or unregistering nothing may touch bpy.
+    Engine runs are asked to stop all at once, then waited for; a farm task only stops watching
+    (its `shutdown`): the farm job is not Blender's to end.
     """
     tasks = [t for t in _TASKS.values() if t.running]
     for task in tasks:
         if quiet:
             task.on_event = task.on_finish = None
-        task.cancel(timeout=timeout)
+        if isinstance(task, ProcessTask):
+            task.cancel(timeout=timeout)
     for task in tasks:
         task.shutdown(timeout)
 

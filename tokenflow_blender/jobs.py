@@ -20,7 +20,7 @@ import bpy
 from ..engine import protocol
 from . import compat, controller, engine_env, planning, preferences, strips
 
-SLOT_EDIT, SLOT_INSTALL, SLOT_CHECK = "edit", "install", "check"
+SLOT_EDIT, SLOT_INSTALL, SLOT_CHECK, SLOT_FARM = "edit", "install", "check", "farm"
 TIMER_INTERVAL = 0.2
 KEEP_LOGS = 40
 
@@ -64,7 +64,8 @@ def state() -> Any:
     return bpy.context.window_manager.tokenflow_job
 
 
-def _redraw() -> None:
+def redraw() -> None:
+    """Tag the Sequencer and Preferences areas for redraw (the panels show the job state)."""
     wm = bpy.context.window_manager
     for window in getattr(wm, "windows", []):
         screen = window.screen
@@ -84,7 +85,7 @@ def _show(task: controller.ProcessTask) -> None:
         st.progress = task.progress
         st.eta = planning.format_eta(task.eta) if task.running else ""
         st.message = task.message[:1000]
-    _redraw()
+    redraw()
 
 
 # --- edit jobs -------------------------------------------------------------------------------
@@ -132,6 +133,20 @@ def _model_path(model: str) -> str:
     return model
 
 
+def result_context(scene: Any, shot: strips.Shot, prompt: str, stage: str) -> dict[str, Any]:
+    """What :func:`apply_result` needs to place a result: plain values, as the strip was at start."""
+    return {
+        "scene": scene.name,
+        "source": shot.name,
+        "start": shot.start,
+        "channel": shot.channel,
+        "count": len(shot.frames),
+        "colorspace": shot.colorspace,
+        "prompt": prompt,
+        "stage": stage,
+    }
+
+
 def start_edit(context: Any, stage: str) -> controller.ProcessTask:
     """Check the active strip and the settings, then start the engine. Raise UserError before
     anything is launched or written when something is wrong."""
@@ -175,14 +190,7 @@ def start_edit(context: Any, stage: str) -> controller.ProcessTask:
         on_event=_on_edit_event,
         on_finish=_on_edit_finish,
         context={
-            "scene": scene.name,
-            "source": shot.name,
-            "start": shot.start,
-            "channel": shot.channel,
-            "count": len(shot.frames),
-            "colorspace": shot.colorspace,
-            "prompt": job.prompt,
-            "stage": stage,
+            **result_context(scene, shot, job.prompt, stage),
             "job_path": job_path,
             "started": time.time(),
         },
@@ -210,7 +218,7 @@ def _on_edit_finish(task: controller.ProcessTask) -> None:
     st = state()
     try:
         if task.state == controller.DONE:
-            task.message = _apply_result(task)
+            task.message = apply_result(task.context, task.result or {}, task.output)
         elif task.state == controller.ERROR:
             st.error = task.message or "the engine failed without a message; see the log"
     except Exception as exc:  # a failure here must not leave the panel claiming success
@@ -221,11 +229,15 @@ def _on_edit_finish(task: controller.ProcessTask) -> None:
     _show(task)
 
 
-def _apply_result(task: controller.ProcessTask) -> str:
-    """Add the result as strip(s) and keyframe markers; return what the panel should say."""
-    ctx, done = task.context, task.result or {}
+def apply_result(ctx: dict[str, Any], done: dict[str, Any], output: str) -> str:
+    """Add a result as strip(s) and keyframe markers; return what the panel should say.
+
+    Plain values in, so an engine run here and a farm job (:mod:`.farm_jobs`) share it: `ctx` is
+    where the shot sits (scene, source, start, channel, count, colorspace, prompt, stage) and
+    `done` is the engine's `done` event (output, files, indices, keyframes, stats, metrics).
+    """
+    output = str(done.get("output") or output)
     scene = bpy.data.scenes.get(ctx["scene"])
-    output = str(done.get("output") or task.output)
     if scene is None:
         raise RuntimeError(f"the scene {ctx['scene']!r} is gone; the frames are in {output}")
     files = [os.path.basename(f) for f in done.get("files", [])]
@@ -322,7 +334,7 @@ def _on_check_finish(task: controller.ProcessTask) -> None:
     else:
         st.engine_info = f"Engine check failed: {task.message or task.log_tail(1)}"
         st.error = st.engine_info
-    _redraw()
+    redraw()
 
 
 def start_install(torch_index_url: str = "") -> controller.ProcessTask:
@@ -375,7 +387,7 @@ def _show_install(task: controller.ProcessTask) -> None:
         )
     else:
         st.install_message = f"Install failed at '{task.stage}': {task.message} (see the install log)"
-    _redraw()
+    redraw()
 
 
 # --- timer, quitting ---------------------------------------------------------------------------
@@ -395,11 +407,13 @@ def ensure_timer() -> None:
 
 @bpy.app.handlers.persistent
 def _on_load_pre(*_args: Any) -> None:
-    """A job's result belongs to the file it started in: opening another file cancels it."""
-    task = controller.running(SLOT_EDIT)
-    if task is not None:
-        task.on_event = task.on_finish = None
-        task.shutdown(timeout=5.0)
+    """A job's result belongs to the file it started in: opening another file cancels an engine
+    run and stops watching a farm job (the job itself carries on on the farm)."""
+    for slot in (SLOT_EDIT, SLOT_FARM):
+        task = controller.running(slot)
+        if task is not None:
+            task.on_event = task.on_finish = None
+            task.shutdown(timeout=5.0)
 
 
 def _at_exit() -> None:

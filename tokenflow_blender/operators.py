@@ -12,7 +12,7 @@ import bpy
 from bpy.props import StringProperty
 
 from ..engine import protocol
-from . import compat, controller, jobs, preferences
+from . import compat, controller, farm_jobs, jobs, preferences
 
 LOG_TEXT = "TokenFlow Log"
 
@@ -75,6 +75,44 @@ class SEQUENCER_OT_tokenflow_cancel(bpy.types.Operator):
     def execute(self, context: bpy.types.Context) -> set[str]:
         jobs.cancel(jobs.SLOT_EDIT)
         self.report({"INFO"}, "Cancelling the TokenFlow job")
+        return {"FINISHED"}
+
+
+class SEQUENCER_OT_tokenflow_submit_farm(bpy.types.Operator):
+    """Send the active strip's edit to the Flamenco Manager set in the preferences; the result comes
+    back as a new strip when the farm job completes. Frames and output must be on shared storage"""
+
+    bl_idname = "sequencer.tokenflow_submit_farm"
+    bl_label = "Submit to Farm"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return compat.scene_of(context) is not None
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            task = farm_jobs.start_farm(context)
+        except jobs.UserError as exc:
+            return _fail(self, str(exc))
+        self.report({"INFO"}, f"Submitting {task.context['count']} frames to {task.client.url}")
+        return {"FINISHED"}
+
+
+class SEQUENCER_OT_tokenflow_cancel_farm(bpy.types.Operator):
+    """Ask the Flamenco Manager to cancel the farm job; nothing is added"""
+
+    bl_idname = "sequencer.tokenflow_cancel_farm"
+    bl_label = "Cancel Farm Job"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return controller.running(jobs.SLOT_FARM) is not None
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        farm_jobs.cancel()
+        self.report({"INFO"}, "Cancelling the farm job")
         return {"FINISHED"}
 
 
@@ -168,6 +206,8 @@ classes = (
     SEQUENCER_OT_tokenflow_preview,
     SEQUENCER_OT_tokenflow_propagate,
     SEQUENCER_OT_tokenflow_cancel,
+    SEQUENCER_OT_tokenflow_submit_farm,
+    SEQUENCER_OT_tokenflow_cancel_farm,
     SEQUENCER_OT_tokenflow_show_log,
     PREFERENCES_OT_tokenflow_install_engine,
     PREFERENCES_OT_tokenflow_cancel_install,

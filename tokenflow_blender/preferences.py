@@ -1,4 +1,5 @@
-"""Extension preferences: the engine's Python, the default model, the cache folder, the device."""
+"""Extension preferences: the engine's Python, the default model, the cache folder, the device,
+and the Flamenco Manager that "Submit to Farm" talks to."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import bpy
 from bpy.props import EnumProperty, StringProperty
 
 from ..engine import protocol
-from . import engine_env
+from . import engine_env, flamenco
 
 ADDON_ID = __package__.rpartition(".")[0]  # the extension's module, e.g. bl_ext.user_default.tokenflow
 
@@ -47,6 +48,22 @@ def default_model() -> str:
 def device() -> str:
     prefs = get()
     return prefs.device if prefs else "auto"
+
+
+def farm_manager_url() -> str:
+    prefs = get()
+    return prefs.farm_manager_url.strip() if prefs else flamenco.DEFAULT_URL
+
+
+def farm_worker_tag() -> str:
+    prefs = get()
+    return prefs.farm_worker_tag.strip() if prefs else ""
+
+
+def farm_cache_dir() -> str:
+    """The inversion cache as the workers see it; empty lets each worker use its own."""
+    prefs = get()
+    return prefs.farm_cache_dir.strip() if prefs else ""
 
 
 class TokenFlowPreferences(bpy.types.AddonPreferences):
@@ -88,6 +105,25 @@ class TokenFlowPreferences(bpy.types.AddonPreferences):
         default="",
     )
 
+    farm_manager_url: StringProperty(
+        name="Flamenco Manager",
+        description="Address of the Flamenco 3 Manager that 'Submit to Farm' sends jobs to, e.g. "
+        "http://localhost:8080 or http://192.168.1.10:8080",
+        default=flamenco.DEFAULT_URL,
+    )
+    farm_worker_tag: StringProperty(
+        name="Worker Tag",
+        description="Only workers with this Flamenco worker tag (its name or ID) take TokenFlow jobs: "
+        "tag the GPU workers. Empty: any worker",
+        default="",
+    )
+    farm_cache_dir: StringProperty(
+        name="Farm Cache Folder",
+        description="The inversion cache as the workers see it, on shared storage: the prepare task fills "
+        "it once for every chunk. Empty: each worker caches in its own user folder",
+        default="",
+    )
+
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         state = context.window_manager.tokenflow_job
@@ -117,6 +153,13 @@ class TokenFlowPreferences(bpy.types.AddonPreferences):
                 op.path = state.install_log
         if state.engine_info:
             layout.label(text=state.engine_info, icon="INFO")
+        box = layout.box()
+        box.label(text="Farm (Flamenco 3)", icon="NETWORK_DRIVE")
+        col = box.column()
+        col.prop(self, "farm_manager_url")
+        col.prop(self, "farm_worker_tag")
+        col.prop(self, "farm_cache_dir")
+        col.label(text="Frames, output and model must be on storage the workers see, at the same path")
 
 
 classes = (TokenFlowPreferences,)

@@ -135,6 +135,14 @@ class TokenFlowSettings(bpy.types.PropertyGroup):
         "structure) and show it in the panel; adds a few seconds",
         default=True,
     )
+    farm_chunk_size: IntProperty(
+        name="Frames per Worker",
+        description="Submit to Farm: frames per worker task (rounded up to a multiple of the keyframe "
+        "stride). Every task also computes the keyframes, so fewer, larger tasks waste less",
+        default=48,
+        min=1,
+        soft_max=480,
+    )
     output_dir: StringProperty(
         name="Output",
         description="Folder for result frames ('//' is the .blend's folder; an unsaved file uses the "
@@ -165,6 +173,13 @@ class TokenFlowJobState(bpy.types.PropertyGroup):
     install_progress: FloatProperty(default=0.0, min=0.0, max=1.0, subtype="FACTOR")
     install_log: StringProperty(default="", subtype="FILE_PATH")
     show_log: BoolProperty(default=False)
+    # Submit to Farm: the farm job's state (its own slot, so local previews can run meanwhile)
+    farm_status: StringProperty(default="")  # "" RUNNING DONE ERROR CANCELLED
+    farm_stage: StringProperty(default="")  # the Flamenco job status: queued, active, ...
+    farm_message: StringProperty(default="")
+    farm_progress: FloatProperty(default=0.0, min=0.0, max=1.0, subtype="FACTOR")
+    farm_job_id: StringProperty(default="")
+    farm_web_page: StringProperty(default="")
 
 
 classes = (TokenFlowSettings, TokenFlowJobState)

@@ -93,6 +93,42 @@ class SEQUENCER_PT_tokenflow_settings(_TokenFlowPanel, bpy.types.Panel):
         col.prop(settings, "output_dir")
 
 
+class SEQUENCER_PT_tokenflow_farm(_TokenFlowPanel, bpy.types.Panel):
+    """Submit to Farm: the shot as a Flamenco job; its result comes back like a local Propagate."""
+
+    bl_label = "Farm"
+    bl_parent_id = "SEQUENCER_PT_tokenflow"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        settings = compat.scene_of(context).tokenflow
+        state = context.window_manager.tokenflow_job
+        layout = self.layout
+        layout.label(text=f"Manager: {preferences.farm_manager_url() or 'not set'}", icon="NETWORK_DRIVE")
+        layout.prop(settings, "farm_chunk_size")
+        running = controller.running(jobs.SLOT_FARM) is not None
+        row = layout.row()
+        row.enabled = not running
+        row.operator("sequencer.tokenflow_submit_farm", icon="EXPORT")
+        if running:
+            box = layout.box()
+            stage = state.farm_stage.capitalize() or "Submitting"
+            box.progress(
+                factor=state.farm_progress, type="BAR", text=f"{stage} {round(state.farm_progress * 100)}%"
+            )
+            box.label(text=state.farm_message[:120] or "Contacting the Manager...")
+            if state.farm_job_id:
+                box.label(text=f"Job {state.farm_job_id}")
+            row = box.row(align=True)
+            if state.farm_web_page:
+                row.operator("wm.url_open", text="Open in Manager", icon="URL").url = state.farm_web_page
+            row.operator("sequencer.tokenflow_cancel_farm", icon="CANCEL")
+        elif state.farm_status in ("DONE", "CANCELLED") and state.farm_message:
+            for i, line in enumerate(_wrap(state.farm_message, 48)[:4]):
+                icon = ("CHECKMARK" if state.farm_status == "DONE" else "INFO") if i == 0 else "BLANK1"
+                layout.label(text=line, icon=icon)
+        layout.label(text="Frames and Output must be on shared storage", icon="INFO")
+
+
 def _wrap(text: str, width: int) -> list[str]:
     """Word-wrap a message for labels (a label does not wrap by itself)."""
     lines: list[str] = []
@@ -108,5 +144,5 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines
 
 
-classes = (SEQUENCER_PT_tokenflow, SEQUENCER_PT_tokenflow_settings)
+classes = (SEQUENCER_PT_tokenflow, SEQUENCER_PT_tokenflow_settings, SEQUENCER_PT_tokenflow_farm)
 register, unregister = bpy.utils.register_classes_factory(classes)

@@ -44,7 +44,7 @@ class Layout:
         group, op = idname.split(".")
         getattr(getattr(bpy.ops, group), op).get_rna_type()  # KeyError when it does not exist
         self.log.append(("operator", idname))
-        return SimpleNamespace(path="")
+        return SimpleNamespace(path="", url="")
 
 
 def _draw(panel: Any, context: Any, owner: Any = None) -> list[tuple[str, str]]:
@@ -114,6 +114,44 @@ def test_main_panel_states(tf, scene, monkeypatch) -> None:
     assert ("label", "Consistency: warp error 3.1 (source 1.1)") in done
 
 
+def test_farm_panel_states(tf, scene, monkeypatch) -> None:
+    panel = bpy.types.SEQUENCER_PT_tokenflow_farm
+    ctx = _context(scene)
+    state = bpy.context.window_manager.tokenflow_job
+    idle = _draw(panel, ctx)
+    assert ("operator", "sequencer.tokenflow_submit_farm") in idle and ("prop", "farm_chunk_size") in idle
+    assert ("label", "Manager: http://localhost:8080") in idle
+    assert "sequencer.tokenflow_cancel_farm" not in {name for _, name in idle}
+
+    # Running: the Flamenco status and the share of finished tasks, the job id, and Cancel.
+    state.farm_stage, state.farm_progress, state.farm_message = "active", 0.5, "Farm job active: chunks"
+    state.farm_job_id = "6f1d3c4e-7a52-4f5e-9a43-2d7f0b9a1c11"
+    state.farm_web_page = f"http://localhost:8080/app/jobs/{state.farm_job_id}"
+    monkeypatch.setattr(tf.controller, "running", lambda slot: object() if slot == "farm" else None)
+    try:
+        running = _draw(panel, ctx)
+    finally:
+        monkeypatch.undo()
+    assert ("progress", "Active 50%") in running and ("label", "Farm job active: chunks") in running
+    assert ("operator", "sequencer.tokenflow_cancel_farm") in running
+    assert ("label", f"Job {state.farm_job_id}") in running and ("operator", "wm.url_open") in running
+
+    # Done: the result line, wrapped.
+    state.farm_status, state.farm_message = (
+        "DONE",
+        "Result added as 'TF city: a watercolor painting' on channel 3",
+    )
+    try:
+        done = _draw(panel, ctx)
+    finally:
+        state.farm_status = state.farm_stage = state.farm_message = state.farm_job_id = ""
+        state.farm_web_page = ""
+        state.farm_progress = 0.0
+    labels = [text for kind, text in done if kind == "label"]
+    assert any(text.startswith("Result added as") for text in labels)
+    assert all(len(text) <= 60 for text in labels if "Result" in text)
+
+
 def test_preferences_draw(tf) -> None:
     prefs = bpy.context.preferences.addons[MODULE].preferences
 
@@ -129,11 +167,14 @@ def test_preferences_draw(tf) -> None:
         state.install_status = state.install_message = state.install_log = ""
     shown = {name for kind, name in log}
     assert {"engine_python", "default_model", "cache_dir", "device"} <= shown
+    assert {"farm_manager_url", "farm_worker_tag", "farm_cache_dir"} <= shown
     assert {"preferences.tokenflow_install_engine", "preferences.tokenflow_check_engine"} <= shown
     assert "Install failed" in shown
 
 
-@pytest.mark.parametrize("name", ["SEQUENCER_PT_tokenflow", "SEQUENCER_PT_tokenflow_settings"])
+@pytest.mark.parametrize(
+    "name", ["SEQUENCER_PT_tokenflow", "SEQUENCER_PT_tokenflow_settings", "SEQUENCER_PT_tokenflow_farm"]
+)
 def test_panel_poll_without_scene(tf, name) -> None:
     panel = getattr(bpy.types, name)
     assert not panel.poll(SimpleNamespace(scene=None, sequencer_scene=None))

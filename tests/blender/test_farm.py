@@ -1,0 +1,365 @@
+"""Submit to Farm against a stand-in Flamenco Manager on 127.0.0.1: the submitted job, the real
+engine commands the job type runs (prepare, two chunks, merge), the result back as a strip; a
+Manager that is not running, a failed job, a cancel, and refusals before anything is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import bpy
+import pytest
+
+from . import pngs
+from .conftest import engine_python
+from .fake_flamenco import ETAG, GPU_TAG, JOB_TYPE, FakeManager, job_type_settings
+from .helpers import MODULE, ROOT, add_image_strip, digest, run_op, snapshot, strips_of
+
+START, CHANNEL = 5, 2
+SUBMIT, CANCEL = "sequencer.tokenflow_submit_farm", "sequencer.tokenflow_cancel_farm"
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+@pytest.fixture
+def manager() -> Iterator[FakeManager]:
+    fake = FakeManager()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def farm(tf) -> Iterator[Any]:
+    """The extension package with the farm state reset; no farm task outlives a test."""
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    saved = (prefs.farm_manager_url, prefs.farm_worker_tag, prefs.farm_cache_dir)
+    st = bpy.context.window_manager.tokenflow_job
+    for name in ("farm_status", "farm_stage", "farm_message", "farm_job_id", "farm_web_page", "quality"):
+        setattr(st, name, "")
+    st.farm_progress = 0.0
+    yield tf
+    task = tf.controller.running("farm")
+    if task is not None:
+        task.on_event = task.on_finish = None
+        task.shutdown(1.0)
+    prefs.farm_manager_url, prefs.farm_worker_tag, prefs.farm_cache_dir = saved
+
+
+def _shot(scene: Any, frames: list[Path], out: Path, model: str = "unused-model") -> Any:
+    strip = add_image_strip(scene, frames, channel=CHANNEL, start=START, name="city")
+    s = scene.tokenflow
+    s.prompt, s.source_prompt, s.model = "a watercolor painting", "a city street", model
+    s.steps, s.size, s.keyframe_stride, s.chunk_size, s.farm_chunk_size = 2, 64, 4, 4, 8
+    out.mkdir(exist_ok=True)
+    s.output_dir = str(out) + os.sep
+    return strip
+
+
+@pytest.fixture
+def flat(tmp_path: Path) -> list[Path]:
+    """Twelve small PNG frames (no engine needed: the farm is a stand-in)."""
+    return pngs.write_sequence(tmp_path / "seq", 12, 32, 24)
+
+
+def _prefs(url: str, tag: str = "") -> None:
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    prefs.farm_manager_url, prefs.farm_worker_tag = url, tag
+
+
+def _tick_until(tf, done: Callable[[], bool], timeout: float = 20.0) -> None:
+    """What Blender's timer does, until `done()` (the bpy module never fires timers)."""
+    end = time.monotonic() + timeout
+    while not done():
+        tf.jobs.tick()
+        assert time.monotonic() < end, f"timed out; farm task says: {tf.controller.get('farm').message}"
+        time.sleep(0.02)
+
+
+def _submit(tf, scene: Any) -> Any:
+    assert run_op(SUBMIT, scene) == {"FINISHED"}
+    task = tf.controller.get("farm")
+    task.poll_interval = 0.05
+    _tick_until(tf, lambda: bool(task.job_id) or not task.running)
+    return task
+
+
+def _state() -> Any:
+    return bpy.context.window_manager.tokenflow_job
+
+
+def _free_port() -> int:
+    """A port where nothing listens (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- the farm's part, as the job type runs it --------------------------------------------------------
+def _chunk_ranges(count: int, chunk_size: int, stride: int) -> list[tuple[int, int]]:
+    """chunkRanges() of the job type."""
+    size = max(stride, -(-chunk_size // stride) * stride)
+    return [(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def _run_farm_tasks(settings: dict[str, Any], cwd: Path) -> None:
+    """prepare (--stage invert), the chunks (in parallel, as two workers would), merge."""
+    python, launch = str(engine_python()), str(ROOT / "engine" / "launch.py")
+    common = ["--prompt", settings["prompt"], "--model", settings["model"]]
+    if settings["cache_dir"]:
+        common += ["--cache-dir", settings["cache_dir"]]
+    job_file, output = settings["job_file"], settings["output"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def run(argv: list[str]) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [python, launch, *argv],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def check(proc: subprocess.Popen[str]) -> None:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, f"{proc.args}: {out[-1000:]}{err[-3000:]}"
+
+    check(run(["run", job_file, "--stage", "invert", *common]))
+    ranges = _chunk_ranges(settings["frame_count"], settings["chunk_size"], settings["keyframe_stride"])
+    dirs = [f"{output}.chunks/{a:06d}-{b:06d}" for a, b in ranges]
+    chunks = [
+        run(["run", job_file, "--frame-range", f"{a}:{b}", "--output", d, *common])
+        for (a, b), d in zip(ranges, dirs, strict=True)
+    ]
+    for proc in chunks:
+        check(proc)
+    check(run(["merge", "--out", output, *dirs]))
+
+
+# --- the tests ---------------------------------------------------------------------------------------
+def test_submit_run_on_the_farm_and_import(farm, scene, assets, manager, tmp_path) -> None:
+    tf, frames = farm, assets["frames"]
+    out = tmp_path / "shared"
+    strip = _shot(scene, frames, out, model=str(assets["model"]))
+    _prefs(manager.url, tag="gpu")
+    cache = tmp_path / "shared-cache"
+    bpy.context.preferences.addons[MODULE].preferences.farm_cache_dir = str(cache)
+    before_digest, before = digest(frames), snapshot(scene)
+
+    task = _submit(tf, scene)
+    assert task.running and task.job_id, task.message
+    assert bpy.app.timers.is_registered(tf.jobs._timer)  # in Blender the timer ticks it
+    (payload,) = manager.submitted
+    assert payload["type"] == JOB_TYPE == "tokenflow-video-edit"
+    assert payload["priority"] == 50 and payload["submitter_platform"] == platform.system().lower()
+    assert payload["worker_tag"] == GPU_TAG["id"] and payload["type_etag"] == ETAG
+    assert payload["metadata"]["tokenflow.strip"] == "city"
+    settings = payload["settings"]
+    assert list(settings) == job_type_settings()
+    assert (settings["frame_count"], settings["keyframe_stride"], settings["chunk_size"]) == (12, 4, 8)
+    assert (settings["engine_python"], settings["engine_dir"]) == ("{tokenflow_python}", "{tokenflow_engine}")
+    assert settings["prompt"] == "a watercolor painting" and settings["model"] == str(assets["model"])
+    output = Path(settings["output"])
+    assert output.parent == out and not output.exists()
+    assert settings["job_file"] == f"{output}.job.json"
+    protocol = sys.modules[f"{MODULE}.engine.protocol"]
+    job = protocol.Job.from_json(Path(settings["job_file"]).read_text())  # validates as the engine does
+    assert (
+        job.frames
+        == [str(f) for f in frames]
+        == [str(Path(strip.directory) / e.filename) for e in strip.elements]
+    )
+    assert (job.stage, job.device, job.evaluate, job.frame_range) == ("propagate", "auto", False, None)
+    assert (job.prompt, job.model, job.steps, job.size) == (settings["prompt"], settings["model"], 2, 64)
+    assert job.cache_dir == settings["cache_dir"] == str(cache)
+    st = _state()
+    assert (st.farm_status, st.farm_stage, st.farm_job_id) == ("RUNNING", "queued", task.job_id)
+
+    # The farm works: the job goes active, its tasks run the real engine, then it completes.
+    manager.set_status(task.job_id, "active", "running chunks")
+    manager.tasks[task.job_id] = [
+        {"name": "prepare", "status": "completed"},
+        {"name": "chunk", "status": "active"},
+    ]
+    _tick_until(tf, lambda: st.farm_stage == "active" and st.farm_progress == 0.5)
+    assert "running chunks" in st.farm_message
+    _run_farm_tasks(settings, tmp_path)
+    assert len(list(cache.rglob("*.safetensors"))) >= 12  # the prepare task filled the shared cache
+    assert snapshot(scene) == before, "nothing is added before the Manager says the job completed"
+    manager.set_status(task.job_id, "completed")
+    _tick_until(tf, lambda: not task.running)
+
+    assert task.state == "DONE", task.message
+    assert st.farm_status == "DONE" and st.error == "" and st.farm_message.startswith("Result added")
+    result = next(s for s in strips_of(scene) if s.name == st.result_strip)
+    assert result.name.startswith("TF city: a watercolor")
+    assert (result.frame_final_start, result.frame_final_end) == (START, START + 12)
+    assert result.channel == CHANNEL + 1 and result.colorspace_settings.name == "sRGB"
+    assert [e.filename for e in result.elements] == [f.stem + ".png" for f in frames]
+    assert Path(bpy.path.abspath(result.directory)) == output
+    manifest = json.loads((output / "tokenflow.json").read_text())
+    keys = manifest["keyframes"]
+    assert keys == task.result["keyframes"] and (keys[0], keys[-1], len(keys)) == (0, 11, 4)
+    assert sorted((m.name, m.frame) for m in scene.timeline_markers) == sorted(
+        (f"TF key {k}", START + k) for k in keys
+    )
+    assert digest(frames) == before_digest, "the source frames must stay byte-identical"
+
+
+def test_manager_not_running(farm, scene, flat, tmp_path) -> None:
+    out = tmp_path / "shared"
+    _shot(scene, flat, out)
+    url = f"http://127.0.0.1:{_free_port()}"
+    _prefs(url)
+    before = snapshot(scene)
+    assert run_op(SUBMIT, scene) == {"FINISHED"}  # the request runs in the background
+    task = farm.controller.get("farm")
+    _tick_until(farm, lambda: not task.running, timeout=15)
+    st = _state()
+    assert task.state == "ERROR" and st.farm_status == "ERROR"
+    assert url in st.error and "start the Manager" in st.error and "Preferences" in st.error
+    assert snapshot(scene) == before
+    assert list(out.iterdir()) == [], "no job file may be left behind"
+
+
+def test_farm_job_fails(farm, scene, flat, tmp_path, manager) -> None:
+    _shot(scene, flat, tmp_path / "shared")
+    _prefs(manager.url)
+    before = snapshot(scene)
+    task = _submit(farm, scene)
+    assert "worker_tag" not in manager.submitted[0]  # no tag set: any worker
+    manager.set_status(task.job_id, "failed", "Task chunk-0-7 failed: out of memory")
+    _tick_until(farm, lambda: not task.running)
+    st = _state()
+    assert task.state == "ERROR" and st.farm_status == "ERROR"
+    assert "failed" in st.error and "out of memory" in st.error and f"{manager.url}/app/jobs/" in st.error
+    assert snapshot(scene) == before
+
+
+def test_cancel_a_farm_job(farm, scene, flat, tmp_path, manager) -> None:
+    _shot(scene, flat, tmp_path / "shared")
+    _prefs(manager.url)
+    before = snapshot(scene)
+    task = _submit(farm, scene)
+    manager.set_status(task.job_id, "active")
+    assert run_op(CANCEL, scene) == {"FINISHED"}
+    _tick_until(farm, lambda: not task.running)
+    assert manager.status_changes == [
+        (task.job_id, {"status": "cancel-requested", "reason": "Cancelled from Blender (TokenFlow)"})
+    ]
+    st = _state()
+    assert task.state == "CANCELLED" and st.farm_status == "CANCELLED" and st.error == ""
+    assert "nothing was added" in st.farm_message
+    manager.set_status(task.job_id, "completed")  # whatever the farm does next, nothing comes back
+    for _ in range(5):
+        farm.jobs.tick()
+    assert snapshot(scene) == before
+
+
+def test_quitting_stops_watching_but_leaves_the_farm_job(farm, scene, flat, tmp_path, manager) -> None:
+    _shot(scene, flat, tmp_path / "shared")
+    _prefs(manager.url)
+    task = _submit(farm, scene)
+    farm.controller.shutdown_all(timeout=1.0)  # what quitting Blender and unregistering do
+    assert task.state == "CANCELLED" and "goes on" in task.message and task.output in task.message
+    assert manager.status_changes == [] and manager.jobs[task.job_id]["status"] == "queued"
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("no-job-type", "copy farm/flamenco/tokenflow-video-edit.js"),
+        ("not-flamenco", "is not a Flamenco 3 Manager"),
+        ("unknown-tag", "no worker tag 'cpu-only'"),
+    ],
+    ids=["no-job-type", "not-flamenco", "unknown-tag"],
+)
+def test_manager_refuses_before_a_job_file_is_written(farm, scene, flat, tmp_path, kind, expected) -> None:
+    fake = FakeManager(has_job_type=kind != "no-job-type", is_flamenco=kind != "not-flamenco")
+    try:
+        out = tmp_path / "shared"
+        _shot(scene, flat, out)
+        _prefs(fake.url, tag="cpu-only" if kind == "unknown-tag" else "")
+        task = _submit(farm, scene)
+        assert task.state == "ERROR" and expected in _state().error, _state().error
+        assert fake.submitted == [] and list(out.iterdir()) == []
+    finally:
+        fake.close()
+
+
+def _refused(tf, scene: Any, match: str) -> str:
+    before = snapshot(scene)
+    with pytest.raises(RuntimeError, match=match):
+        run_op(SUBMIT, scene)
+    assert tf.controller.running("farm") is None
+    assert snapshot(scene) == before
+    return _state().error
+
+
+def test_refusals_before_anything_is_sent(farm, scene, flat, tmp_path) -> None:
+    out = tmp_path / "shared"
+    _shot(scene, flat, out)
+    # Online access off (the bpy module's default) and a Manager that is not local: refused.
+    assert not bpy.app.online_access
+    _prefs("http://farm.example.com:8080")
+    msg = _refused(farm, scene, "online access is off")
+    assert "farm.example.com" in msg and "Allow Online Access" in msg
+    _prefs("not a url at all")
+    assert "Preferences" in _refused(farm, scene, "is not a web address")
+    # An unsaved file's results would go to the user folder, which no worker sees.
+    _prefs(f"http://127.0.0.1:{_free_port()}")
+    scene.tokenflow.output_dir = "//tokenflow/"
+    assert "Save the .blend" in _refused(farm, scene, "Save the .blend")
+    assert list(out.iterdir()) == []
+
+
+def test_flamenco_plain_parts(farm, tmp_path) -> None:
+    fl = farm.flamenco
+    assert tuple(job_type_settings()) == fl.SETTING_KEYS, "flamenco.py and the job type disagree"
+    for url in ("http://localhost:8080", "http://127.0.0.1:1", "http://192.168.1.10:8080", "http://[::1]:80"):
+        assert fl.is_local(url), url
+    for url in ("http://farm.example.com:8080", "https://8.8.8.8", "http://flamenco:8080"):
+        assert not fl.is_local(url), url
+    assert fl.normalize_url(" localhost:8080/ ") == "http://localhost:8080"
+    with pytest.raises(fl.FlamencoError, match="bad port"):
+        fl.normalize_url("http://localhost:99999")
+    settings = fl.job_settings(
+        job_file="/s/a.job.json",
+        prompt="p",
+        model="m",
+        frame_count=3,
+        keyframe_stride=2,
+        chunk_size=4,
+        output="/s/a",
+    )
+    job = fl.submitted_job("name", settings, submitter_platform="linux", metadata={"n": 1})
+    assert job == {
+        "name": "name",
+        "type": "tokenflow-video-edit",
+        "priority": 50,
+        "submitter_platform": "linux",
+        "settings": {
+            **settings,
+            "cache_dir": "",
+            "engine_python": "{tokenflow_python}",
+            "engine_dir": "{tokenflow_engine}",
+        },
+        "metadata": {"n": "1"},
+    }
+    # A result that is not where this computer looks, or is another shot's, is refused.
+    read_result, error = farm.farm_task.read_result, farm.farm_task.ResultError
+    with pytest.raises(error, match="same path"):
+        read_result(str(tmp_path / "missing"), ["/f/a.png"])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "tokenflow.json").write_text(
+        json.dumps({"stage": "propagate", "sources": ["/x/b.png"]})
+    )
+    with pytest.raises(error, match="another result"):
+        read_result(str(tmp_path / "other"), ["/f/a.png"])

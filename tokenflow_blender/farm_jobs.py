@@ -1,0 +1,166 @@
+"""Submit to Farm: the active strip as a Flamenco job, and its result back as a strip.
+
+`start_farm()` checks everything it can before anything is written or sent (prompt, strip, a
+shared output folder, the Manager's address, Blender's online access) and hands a
+:class:`.farm_task.FarmTask` the engine job and the Flamenco `SubmittedJob`. The timer ticks the
+task like an engine run; its callbacks (main thread) copy its state into
+`window_manager.tokenflow_job.farm_*` and, when the farm job has completed, add the merged result
+with :func:`.jobs.apply_result`, exactly as a local Propagate does.
+
+The farm job has its own slot, so previews can run locally while the farm works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import getpass
+import os
+from typing import Any
+
+import bpy
+
+from ..engine import protocol
+from . import compat, controller, farm_task, flamenco, jobs, planning, preferences, strips
+from .jobs import SLOT_FARM, UserError
+
+JOB_SUFFIX = ".job.json"  # the engine job file sits beside the output folder it describes
+CHUNKS_SUFFIX = ".chunks"  # where the job type puts the chunks (`${output}.chunks`)
+
+OFFLINE_MESSAGE = (
+    "Blender's online access is off and the Flamenco Manager {url} is not on this computer or a "
+    "private network address: enable Preferences > System > Network > Allow Online Access, or set "
+    "the Manager's address in {where} to its local IP address (e.g. http://192.168.1.10:8080)"
+)
+UNSAVED_MESSAGE = (
+    "Save the .blend file first (on storage the farm's workers see), or set Output in the TokenFlow "
+    "settings to a shared folder: an unsaved file's results go to your user folder, which workers "
+    "cannot reach"
+)
+
+
+def shared_output_parent(scene: Any) -> str:
+    """The scene's output folder, as for local runs, but never the user folder of an unsaved file."""
+    raw = scene.tokenflow.output_dir.strip() or "//tokenflow/"
+    if raw.startswith("//") and not bpy.data.filepath:
+        raise UserError(UNSAVED_MESSAGE)
+    return jobs.output_parent(scene)
+
+
+def new_output(parent: str, source: str, prompt: str) -> str:
+    """A fresh output folder whose job file and chunk folder are fresh too."""
+    base = planning.output_folder(parent, source, prompt, "farm")
+    candidate, n = base, 1
+    while any(os.path.exists(candidate + s) for s in ("", JOB_SUFFIX, CHUNKS_SUFFIX)):
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
+def _metadata(scene: Any, shot: strips.Shot) -> dict[str, str]:
+    """Shown in the Manager's job list: who sent what from where."""
+    user = ""
+    with contextlib.suppress(Exception):  # getpass fails without a login name (containers)
+        user = getpass.getuser()
+    return {
+        "user.name": user,
+        "tokenflow.blendfile": bpy.data.filepath or "(unsaved)",
+        "tokenflow.scene": scene.name,
+        "tokenflow.strip": shot.name,
+    }
+
+
+def start_farm(context: Any) -> farm_task.FarmTask:
+    """Check, then submit in the background. Raise UserError before anything is written or sent."""
+    if controller.running(SLOT_FARM):
+        raise UserError("a farm job is already being watched; cancel it or wait for it to finish")
+    scene = compat.scene_of(context)
+    if scene is None:
+        raise UserError("no scene: open a scene in the Sequencer")
+    settings = scene.tokenflow
+    if not settings.prompt.strip():
+        raise UserError("the prompt is empty: describe the edit, e.g. 'a watercolor painting'")
+    try:
+        url = flamenco.normalize_url(preferences.farm_manager_url())
+    except flamenco.FlamencoError as exc:
+        raise UserError(str(exc)) from exc
+    # Blender's online access is about the internet. A Manager on this machine or at a private IP
+    # address is the usual studio set-up and is allowed without it; a host name could be anywhere.
+    if not bpy.app.online_access and not flamenco.is_local(url):
+        raise UserError(OFFLINE_MESSAGE.format(url=url, where=flamenco.WHERE_TO_SET))
+    try:
+        shot = strips.read_shot(compat.active_strip(context, scene))
+    except strips.SourceError as exc:
+        raise UserError(str(exc)) from exc
+    output = new_output(shared_output_parent(scene), shot.name, settings.prompt)
+    job = jobs.build_job(scene, shot, protocol.STAGE_PROPAGATE, output)
+    # The workers choose their own device; measuring is per chunk there, not the shot's.
+    job = dataclasses.replace(job, device="auto", evaluate=False, cache_dir=preferences.farm_cache_dir())
+    job_file = output + JOB_SUFFIX
+    submitted = flamenco.submitted_job(
+        planning.result_name(shot.name, job.prompt, preview=False, limit=120),
+        flamenco.job_settings(
+            job_file=job_file,
+            prompt=job.prompt,
+            model=job.model,
+            frame_count=len(job.frames),
+            keyframe_stride=job.keyframe_stride,
+            chunk_size=settings.farm_chunk_size,
+            output=output,
+            cache_dir=job.cache_dir,
+        ),
+        metadata=_metadata(scene, shot),
+    )
+    task = farm_task.FarmTask(
+        client=flamenco.Client(url),
+        job=submitted,
+        job_file=job_file,
+        job_text=job.to_json(),
+        output=output,
+        frames=list(shot.frames),
+        worker_tag=preferences.farm_worker_tag(),
+        on_event=_show,
+        on_finish=_on_finish,
+        context=jobs.result_context(scene, shot, job.prompt, protocol.STAGE_PROPAGATE),
+    )
+    st = jobs.state()
+    st.error = ""
+    controller.put(SLOT_FARM, task)
+    task.start()
+    _show(task)
+    jobs.ensure_timer()
+    return task
+
+
+def cancel() -> bool:
+    """Ask the Manager to cancel the farm job (or drop a submission not yet made)."""
+    task = controller.running(SLOT_FARM)
+    if task is None:
+        return False
+    task.cancel()
+    _show(task)
+    return True
+
+
+def _show(task: farm_task.FarmTask) -> None:
+    st = jobs.state()
+    st.farm_status = task.state
+    st.farm_stage = task.stage
+    st.farm_progress = task.progress
+    st.farm_message = task.message[:1000]
+    st.farm_job_id = task.job_id
+    st.farm_web_page = task.web_page
+    jobs.redraw()
+
+
+def _on_finish(task: farm_task.FarmTask) -> None:
+    st = jobs.state()
+    try:
+        if task.state == controller.DONE:
+            task.message = jobs.apply_result(task.context, task.result or {}, task.output)
+        elif task.state == controller.ERROR:
+            st.error = task.message or "the farm job failed without a message; see the Manager"
+    except Exception as exc:  # a failure here must not leave the panel claiming success
+        task.state = controller.ERROR
+        task.message = st.error = f"could not add the farm result: {exc}"
+    _show(task)
