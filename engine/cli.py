@@ -242,9 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=protocol.DEVICES, help="override the job's device")
     run.set_defaults(func=cmd_run)
 
-    edit = sub.add_parser(
-        "edit", help="edit a folder of frames", formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    # No ArgumentDefaultsHelpFormatter: the job options name their defaults in their own help text.
+    edit = sub.add_parser("edit", help="edit a folder of frames")
     edit.add_argument(
         "--frames", required=True, help="folder of frames (PNG, JPEG, TIFF; 8/16-bit), in name order"
     )

@@ -8,7 +8,7 @@ keyframes) is on the device at a time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -214,11 +214,11 @@ class Editor:
 
 
 @torch.no_grad()
-def decode(model: Model, latents: torch.Tensor, chunk: int = 4) -> torch.Tensor:
-    """VAE-decode (B, 4, h, w) latents to (B, 3, H, W) images in [0, 1] on the CPU, a few at a time."""
-    out = []
+def decode_chunks(model: Model, latents: torch.Tensor, chunk: int = 4) -> Iterator[torch.Tensor]:
+    """VAE-decode (B, 4, h, w) latents to (3, H, W) images in [0, 1] on the CPU, one at a time,
+    `chunk` frames per VAE call: the caller writes each image before the next chunk is decoded."""
     for start in range(0, latents.shape[0], chunk):
         z = latents[start : start + chunk].to(model.placement.device, model.placement.vae_dtype)
         images = model.vae.decode(z / model.latent_scale).sample.float()
-        out.append(((images + 1) / 2).clamp(0, 1).cpu())
-    return torch.cat(out)
+        yield from ((images + 1) / 2).clamp(0, 1).cpu()
+

@@ -27,10 +27,26 @@ MULTIPLE = 64
 
 @dataclass
 class Frame:
+    """One source frame, without its pixels: a shot of 1080p frames would otherwise hold 25 MB of
+    float32 per frame in memory for the whole run. :meth:`load` decodes it when it is needed."""
+
     path: Path
     digest: str  # sha256 of the file's bytes: the inversion cache key
-    image: np.ndarray  # H x W x 3 RGB float32 in [0, 1]
     bit_depth: int  # 8 or 16
+    width: int
+    height: int
+
+    def load(self) -> np.ndarray:
+        """The frame as H x W x 3 RGB float32 in [0, 1], checked against the bytes read at the start."""
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise BadInput(f"frame file {self.path} cannot be read any more: {exc.strerror}") from exc
+        if hashlib.sha256(data).hexdigest() != self.digest:
+            raise BadInput(
+                f"frame file {self.path} changed while the job ran; run the job again on the final frames"
+            )
+        return decode_image(self.path, data)[0]
 
 
 @dataclass
@@ -40,8 +56,7 @@ class Shot:
     @property
     def size(self) -> tuple[int, int]:
         """Source (width, height)."""
-        h, w = self.frames[0].image.shape[:2]
-        return w, h
+        return self.frames[0].width, self.frames[0].height
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -87,13 +102,13 @@ def read_shot(paths: Sequence[str | os.PathLike[str]]) -> Shot:
             raise BadInput(
                 f"frame file {path} cannot be read: {exc.strerror}; check its permissions"
             ) from exc
-        image, depth = decode_image(path, data)
-        frames.append(Frame(path, hashlib.sha256(data).hexdigest(), image, depth))
+        image, depth = decode_image(path, data)  # decoded once to check it; the pixels are dropped
+        h, w = image.shape[:2]
+        frames.append(Frame(path, hashlib.sha256(data).hexdigest(), depth, w, h))
     first = frames[0]
     for frame in frames[1:]:
-        if frame.image.shape != first.image.shape:
-            h0, w0 = first.image.shape[:2]
-            h, w = frame.image.shape[:2]
+        if (frame.width, frame.height) != (first.width, first.height):
+            w0, h0, w, h = first.width, first.height, frame.width, frame.height
             raise BadInput(
                 f"frames differ in size: {first.path.name} is {w0}x{h0} but {frame.path.name} is {w}x{h}; "
                 "all frames of a shot must share one size"

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import devices, frames, protocol
-from .editing import Editor, EditSettings, Prompts, decode, edit_timesteps, injection_steps
+from .editing import Editor, EditSettings, Prompts, decode_chunks, edit_timesteps, injection_steps
 from .errors import BadInput, EngineError, OutOfMemory, is_out_of_memory
 from .events import CancelToken, Emitter, Progress
 from .inversion import InversionCache, InversionSettings, encode, invert, schedule_fingerprint
@@ -164,7 +164,7 @@ class Run:
             for start in range(0, len(missing), job.chunk_size):
                 self.cancel.check()
                 chunk = missing[start : start + job.chunk_size]
-                images = _to_tensor([frames.to_working(shot.frames[i].image, size) for i in chunk])
+                images = _to_tensor([frames.to_working(shot.frames[i].load(), size) for i in chunk])
                 clean = encode(model, images)
 
                 def on_call(n: int = len(chunk)) -> None:
@@ -209,15 +209,14 @@ class Run:
         model, job = self.model, self.job
         assert model is not None
         self.progress.stage("decode", 0, len(produced))
-        images = decode(model, latents)
-        self.cancel.check()
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
             names = []
-            for k, (i, image) in enumerate(zip(produced, images, strict=True)):
+            # Decoded a few at a time and written at once: full-size images never pile up in memory.
+            for k, (i, image) in enumerate(zip(produced, decode_chunks(model, latents), strict=True)):
                 self.cancel.check()
                 frame = shot.frames[i]
                 rgb = frames.to_source(image.permute(1, 2, 0).numpy(), shot.size)

@@ -149,3 +149,23 @@ def test_out_of_memory_gives_advice(model, shot, tmp_path):
     finally:
         model.unet = real
     assert_refused(tmp_path, code, events, "out_of_memory", "chunk size", "working size")
+
+
+def test_a_frame_changed_during_the_run_is_refused(shot):
+    """The shot keeps only each frame's digest and size (no pixels: memory stays flat in the frame
+    count); a frame re-read later must still be the frame whose digest keys the cache."""
+    import dataclasses
+
+    import numpy as np
+
+    from engine.errors import BadInput
+    from engine.frames import read_shot
+
+    read = read_shot(shot)
+    frame = read.frames[1]
+    assert not any(isinstance(getattr(frame, f.name), np.ndarray) for f in dataclasses.fields(frame))
+    image = frame.load()
+    assert image.shape == (frame.height, frame.width, 3) and image.dtype == np.float32
+    Path(shot[1]).write_bytes(Path(shot[2]).read_bytes())
+    with pytest.raises(BadInput, match="changed while the job ran"):
+        frame.load()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -151,6 +152,9 @@ def test_help_explains_every_option():
         "--method",
     ):
         assert flag in result.stdout
+    text = " ".join(result.stdout.split())
+    assert "(default: 50)" in text  # each default said once, not twice in a row
+    assert not re.search(r"\(default: [^)]*\) \(default:", text), text
 
 
 def test_check_reports_torch_and_device():

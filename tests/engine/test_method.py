@@ -144,7 +144,7 @@ def test_injection_is_active_for_the_configured_fraction(model, city16, tmp_path
     from engine.runner import _to_tensor
 
     shot = read_shot(city16[:5])
-    clean = encode(model, _to_tensor([to_working(f.image, (64, 64)) for f in shot.frames]))
+    clean = encode(model, _to_tensor([to_working(f.load(), (64, 64)) for f in shot.frames]))
     empty = model.encode_prompt("")
     timesteps, latents = invert(model, clean, empty, steps)
     settings = EditSettings(steps=steps, pnp_f_t=f_t, pnp_attn_t=attn_t, keyframe_stride=2, chunk_size=3)
