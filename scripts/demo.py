@@ -155,6 +155,8 @@ def main(argv: list[str]) -> int:
     stats = propagate.result.get("stats", {})
     say(f"{propagate.message}; stats {json.dumps(stats)}")
     state = bpy.context.window_manager.tokenflow_job
+    if state.quality:
+        say(f"consistency: {state.quality} (the panel shows the same line)")
     result = pkg.strips.find_strip(scene, state.result_strip)
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))
     sheet = contact_sheet(bpy, source, result, preview.result["keyframes"], out / "contact_sheet.png")

@@ -32,6 +32,11 @@ OFFLINE_MESSAGE = (
     "private network address: enable Preferences > System > Network > Allow Online Access, or set "
     "the Manager's address in {where} to its local IP address (e.g. http://192.168.1.10:8080)"
 )
+RESAMPLE_MESSAGE = (
+    "Keyframe Mode 'Resample' draws new keyframes at every step, so every farm chunk would have to "
+    "carry the whole shot and the farm would gain nothing: set Keyframe Mode to 'Fixed' for farm runs, "
+    "or run Propagate on this computer"
+)
 UNSAVED_MESSAGE = (
     "Save the .blend file first (on storage the farm's workers see), or set Output in the TokenFlow "
     "settings to a shared folder: an unsaved file's results go to your user folder, which workers "
@@ -80,6 +85,8 @@ def start_farm(context: Any) -> farm_task.FarmTask:
     settings = scene.tokenflow
     if not settings.prompt.strip():
         raise UserError("the prompt is empty: describe the edit, e.g. 'a watercolor painting'")
+    if settings.keyframe_mode == "resample":
+        raise UserError(RESAMPLE_MESSAGE)
     try:
         url = flamenco.normalize_url(preferences.farm_manager_url())
     except flamenco.FlamencoError as exc:

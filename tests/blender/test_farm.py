@@ -317,6 +317,13 @@ def test_refusals_before_anything_is_sent(farm, scene, flat, tmp_path) -> None:
     _prefs(f"http://127.0.0.1:{_free_port()}")
     scene.tokenflow.output_dir = "//tokenflow/"
     assert "Save the .blend" in _refused(farm, scene, "Save the .blend")
+    # Resample keyframes would make every chunk carry the whole shot: refused, with the way out.
+    scene.tokenflow.output_dir = str(out) + os.sep
+    scene.tokenflow.keyframe_mode = "resample"
+    try:
+        assert "set Keyframe Mode to 'Fixed'" in _refused(farm, scene, "farm would gain nothing")
+    finally:
+        scene.tokenflow.keyframe_mode = "fixed"
     assert list(out.iterdir()) == []
 
 
