@@ -5,7 +5,9 @@ attend to each other. `full` runs all K in one UNet call (the method as publishe
 reference does); `bounded` is the engine's default (groups of `--keyframe-batch` with neighbours
 and global anchors). Each point runs one denoising step's keyframe pass in a fresh subprocess on
 random latents (the pass's cost does not depend on their values) and reports wall time and the
-peak memory the pass added. Writes JSON and a PNG chart.
+peak memory the pass added, split into the features it keeps for propagation (linear in K by
+necessity; on the CPU in bounded mode) and its working memory (what a GPU must hold at once).
+Prints the ratios; writes JSON and a PNG chart.
 
     .venvs/engine/bin/python bench/keyframe_bench.py [--model-size mid] [--frames 16,64,256]
 """
@@ -65,7 +67,15 @@ def child(args: argparse.Namespace) -> None:
     with torch.no_grad():
         editor._keyframe_pass(latents, latents, editor.timesteps[0], keys, lambda: None)
     seconds = time.perf_counter() - start
+    # What the pass keeps for propagation grows with K by necessity (every frame reads it); in
+    # bounded mode it lives on the CPU, so the device holds only one group's working memory.
+    kept = sum(
+        t.numel() * t.element_size()
+        for store in (editor.state.keyframe_tokens, editor.state.keyframe_outputs)
+        for t in store.values()
+    )
     attention.uninstall(model.unet, installed)
+    peak_added = _vm("VmHWM") - base
     passes = keyframes.passes(len(keys), batch, settings.keyframe_anchors)
     print(
         json.dumps(
@@ -74,7 +84,9 @@ def child(args: argparse.Namespace) -> None:
                 "mode": args.mode,
                 "keyframes": len(keys),
                 "seconds": round(seconds, 2),
-                "peak_added_mb": round((_vm("VmHWM") - base) / 2**20, 1),
+                "peak_added_mb": round(peak_added / 2**20, 1),
+                "kept_features_mb": round(kept / 2**20, 1),
+                "working_mb": round((peak_added - kept) / 2**20, 1),
                 "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
                 if torch.cuda.is_available()
                 else None,
@@ -157,9 +169,43 @@ def main() -> None:
         "keyframe_batch": args.keyframe_batch,
         "results": results,
     }
+    report["ratios"] = _ratios(results)
+    for line in report["ratios"]["lines"]:
+        print(line)
     (out / "keyframe_bench.json").write_text(json.dumps(report, indent=2))
     _chart(report, out / "keyframe_bench.png")
     print(f"wrote {out / 'keyframe_bench.json'}")
+
+
+def _ratios(results: list[dict]) -> dict:
+    """bounded / full at each shot length, and how each mode grows from the shortest to the longest."""
+    ok = {(r["frames"], r["mode"]): r for r in results if "failed" not in r}
+    sizes = sorted({n for n, _ in ok})
+    out: dict = {"bounded_over_full": {}, "growth": {}, "lines": []}
+    for n in sizes:
+        if (n, "full") in ok and (n, "bounded") in ok:
+            f, b = ok[n, "full"], ok[n, "bounded"]
+            row = {key: b[key] / f[key] for key in ("working_mb", "peak_added_mb", "seconds") if f[key] > 0}
+            out["bounded_over_full"][n] = row
+            out["lines"].append(
+                f"{n:>4} frames: bounded / full  working memory {row.get('working_mb', 0):.2f}x, "
+                f"peak {row.get('peak_added_mb', 0):.2f}x, time {row.get('seconds', 0):.2f}x"
+            )
+    for mode in ("full", "bounded"):
+        rows = [ok[n, mode] for n in sizes if (n, mode) in ok]
+        if len(rows) >= 2 and rows[0]["working_mb"] > 0 and rows[0]["seconds"] > 0:
+            first, last = rows[0], rows[-1]
+            growth = {
+                "frames": last["frames"] / first["frames"],
+                "working_mb": last["working_mb"] / first["working_mb"],
+                "seconds": last["seconds"] / first["seconds"],
+            }
+            out["growth"][mode] = growth
+            out["lines"].append(
+                f"{mode:>7} {first['frames']} -> {last['frames']} frames ({growth['frames']:.0f}x): "
+                f"working memory {growth['working_mb']:.2f}x, time {growth['seconds']:.2f}x"
+            )
+    return out
 
 
 def _chart(report: dict, path: Path) -> None:
@@ -171,9 +217,18 @@ def _chart(report: dict, path: Path) -> None:
     fig, (mem, secs) = plt.subplots(1, 2, figsize=(10, 4))
     for mode, style in (("full", "o-"), ("bounded", "s-")):
         rows = [r for r in report["results"] if r["mode"] == mode and "failed" not in r]
-        mem.plot([r["frames"] for r in rows], [r["peak_added_mb"] for r in rows], style, label=mode)
+        frames = [r["frames"] for r in rows]
+        line = mem.plot(frames, [r["working_mb"] for r in rows], style, label=f"{mode}: working")
+        mem.plot(
+            [r["frames"] for r in rows],
+            [r["peak_added_mb"] for r in rows],
+            style.replace("-", ":"),
+            color=line[0].get_color(),
+            alpha=0.6,
+            label=f"{mode}: with kept features",
+        )
         secs.plot([r["frames"] for r in rows], [r["seconds"] for r in rows], style, label=mode)
-    for ax, label in ((mem, "peak memory added (MB)"), (secs, "seconds")):
+    for ax, label in ((mem, "peak memory of the pass (MB)"), (secs, "seconds")):
         ax.set_xlabel("frames in the shot")
         ax.set_ylabel(label)
         ax.set_xscale("log", base=2)
