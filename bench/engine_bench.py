@@ -68,9 +68,11 @@ def memory_child(args: argparse.Namespace) -> None:
     import torch
 
     from engine import devices, models
+    from engine.frames import read_shot, working_size
 
     model = models.load(args.model, devices.choose(args.device))
     frames = sorted(str(p) for p in Path(args.frames_dir).glob("*.png"))[: args.frames]
+    w, h = working_size(*read_shot(frames[:1]).size, args.size)  # what the latents are made at
     work = Path(args.work)
     cache = str(work / f"cache-{args.frames}")
     out = work / f"out-{args.frames}"
@@ -96,7 +98,7 @@ def memory_child(args: argparse.Namespace) -> None:
         "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
         if torch.cuda.is_available()
         else None,
-        "latents_mb": round(len(frames) * 4 * 4 * (args.size // 8) ** 2 * (args.steps + 1) / 2**20, 1),
+        "latents_mb": round(len(frames) * 4 * 4 * (w // 8) * (h // 8) * (args.steps + 1) / 2**20, 1),
         "seconds": round(seconds, 2),
         "keyframes": len(done["keyframes"]),
     }
