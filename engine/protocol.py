@@ -62,6 +62,7 @@ STAGES_OF_JOB = (STAGE_PREVIEW, STAGE_PROPAGATE, STAGE_INVERT)
 KEYFRAME_MODES = ("fixed", "resample")
 EDIT_MODES = ("pnp", "sdedit")
 METHODS = ("tokenflow", "per-frame")
+MATTE_CHANNELS = ("auto", "alpha", "luminance")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 DEFAULT_NEGATIVE = "ugly, blurry, low res, unrealistic, unaesthetic"
@@ -99,6 +100,16 @@ class Job:
     keyframe_batch: int = 8
     keyframe_anchors: int = 3
     evaluate: bool = False
+    # Colour: the source frames' colour space as Blender names it and the OCIO config that defines
+    # it. An empty colorspace means display-referred sRGB files, which go to the model as they are.
+    colorspace: str = ""
+    ocio_config: str = ""
+    # Matte: one matte image per frame (same count and size as `frames`); the edit is limited to
+    # where the matte is white. Empty: the whole frame is edited.
+    matte: list[str] = field(default_factory=list)
+    matte_channel: str = "auto"  # auto (alpha if the file has one, else luminance) | alpha | luminance
+    matte_invert: bool = False
+    matte_feather: float = 0.0  # pixels at the source size
     # [start, end): produce only these frames (a farm chunk); start and end on keyframe-stride
     # multiples (end may be the shot's end). None produces the whole shot.
     frame_range: list[int] | None = None
@@ -165,6 +176,7 @@ class Job:
         _number("pnp_attn_t", self.pnp_attn_t, 0.0, 1.0)
         _number("sdedit_strength", self.sdedit_strength, 0.0, 1.0, low_open=True)
         self._validate_range()
+        _validate_matte_fields(self)
         if not isinstance(self.model, str) or not self.model.strip():
             raise JobError("'model' is empty: give a hub id, a diffusers folder or a .safetensors file")
 
@@ -190,6 +202,24 @@ class Job:
             )
         if self.stage == STAGE_PREVIEW:
             raise JobError("'frame_range' is for propagate chunks; a preview always covers the keyframes")
+
+
+def _validate_matte_fields(job: Job) -> None:
+    """Type and range of the colour and matte fields (the engine checks the files themselves)."""
+    for name in ("colorspace", "ocio_config"):
+        if not isinstance(getattr(job, name), str):
+            raise JobError(f"'{name}' must be a string, got {getattr(job, name)!r}")
+    if not isinstance(job.matte, list) or not all(isinstance(f, str) for f in job.matte):
+        raise JobError("'matte' must be a list of image file paths, one per frame (or empty)")
+    if job.matte and len(job.matte) != len(job.frames):
+        raise JobError(
+            f"'matte' has {len(job.matte)} frames but the shot has {len(job.frames)}; "
+            "give one matte image per frame"
+        )
+    _choice("matte_channel", job.matte_channel, MATTE_CHANNELS)
+    if not isinstance(job.matte_invert, bool):
+        raise JobError(f"'matte_invert' must be true or false, got {job.matte_invert!r}")
+    _number("matte_feather", job.matte_feather, 0.0, 1000.0)
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
