@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 
 from .devices import Placement
 from .errors import ModelError
+from .fingerprint import DigestIndex, files_digest, folder_files
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,24 @@ class Model:
     tokenizer: Any
     scheduler_config: dict[str, Any]
     placement: Placement
-    identity: str  # a fingerprint of the weights and configs: part of the inversion cache key
+    # (name, file) of every weight and config file the model was loaded from; None for a model built
+    # in memory, whose identity then hashes every tensor it holds.
+    files: list[tuple[str, Path]] | None = None
+    _identity: str = field(default="", repr=False)
+
+    def fingerprint(self, index: DigestIndex | None = None) -> str:
+        """The weights' and configs' identity (part of the inversion cache key), computed once.
+
+        `index` remembers file digests between runs (a 5 GB checkpoint is read once, not per run).
+        """
+        if not self._identity:
+            self._identity = _identify(self, index or DigestIndex(None))
+            log.debug("model fingerprint %s", self._identity[:16])
+        return self._identity
+
+    @property
+    def identity(self) -> str:
+        return self.fingerprint()
 
     @property
     def latent_scale(self) -> float:
@@ -61,24 +79,52 @@ def _how_to_provide(model: str) -> str:
     )
 
 
-def _fingerprint(unet: Any, vae: Any, text_encoder: Any, source: str) -> str:
-    """Hash configs and a few weight tensors: two models saved at one path still differ."""
-    digest = hashlib.sha256()
-    for component in (unet, vae, text_encoder):
-        config = component.config
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")  # what the engine loads
+
+
+def _configs(model: Model) -> dict[str, Any]:
+    """The components' configs as loaded (a single file without --model-config infers them)."""
+    found: dict[str, Any] = {"scheduler": model.scheduler_config}
+    for name in ("unet", "vae", "text_encoder"):
+        config = getattr(model, name).config
         config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         config.pop("_name_or_path", None)
-        digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-    tensors = (
-        unet.conv_in.weight,
-        unet.conv_out.weight,
-        vae.encoder.conv_in.weight,
-        text_encoder.get_input_embeddings().weight[:64],
-    )
-    for tensor in tensors:
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    log.debug("model %s fingerprint %s", source, digest.hexdigest()[:16])
+        found[name] = config
+    return found
+
+
+def _identify(model: Model, index: DigestIndex) -> str:
+    if model.files is not None:
+        return files_digest(model.files, index, extra=_configs(model))
+    digest = hashlib.sha256(json.dumps(_configs(model), sort_keys=True, default=str).encode())
+    for name in ("unet", "vae", "text_encoder"):
+        for key, tensor in sorted(getattr(model, name).state_dict().items()):
+            digest.update(f"{name}.{key}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def diffusers_files(folder: Path) -> list[tuple[str, Path]]:
+    """model_index.json and every file of the components the engine loads (not the safety checker)."""
+    files = [("model_index.json", folder / "model_index.json")]
+    for component in COMPONENTS:
+        if (folder / component).is_dir():
+            files += folder_files(folder / component, prefix=f"{component}/")
+    return files
+
+
+def model_files(model: str, model_config: str = "", hub_cache: str | None = None) -> list[tuple[str, Path]]:
+    """The files a model is read from: a .safetensors file (+ its config folder), a diffusers folder, or
+    a hub id's local snapshot folder (resolved offline by huggingface_hub, as diffusers resolves it)."""
+    path = Path(model).expanduser()
+    if path.suffix == ".safetensors":
+        configs = folder_files(Path(model_config).expanduser(), prefix="config/") if model_config else []
+        return [("checkpoint.safetensors", path), *configs]
+    if path.is_dir():
+        return diffusers_files(path)
+    from huggingface_hub import snapshot_download
+
+    return diffusers_files(Path(snapshot_download(model, local_files_only=True, cache_dir=hub_cache)))
 
 
 def load(model: str, placement: Placement, model_config: str = "") -> Model:
@@ -129,8 +175,12 @@ def load(model: str, placement: Placement, model_config: str = "") -> Model:
     unet = pipe.unet.to(device).eval()
     text_encoder = pipe.text_encoder.to(device).eval()
     vae = pipe.vae.to(device, placement.vae_dtype).eval()
-    identity = _fingerprint(unet, vae, text_encoder, model)
     tokenizer = pipe.tokenizer
     if tokenizer.model_max_length > 1024:  # bare vocab files: CLIP's length, or the pipeline overflows
         tokenizer.model_max_length = 77
-    return Model(unet, vae, text_encoder, tokenizer, dict(pipe.scheduler.config), placement, identity)
+    try:
+        files: list[tuple[str, Path]] | None = model_files(model, model_config)
+    except Exception as exc:  # loaded but not found again (a hub layout we do not know): hash tensors
+        log.warning("hashing the loaded weights of %s, not its files (%s)", model, exc)
+        files = None
+    return Model(unet, vae, text_encoder, tokenizer, dict(pipe.scheduler.config), placement, files)

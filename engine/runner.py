@@ -17,6 +17,7 @@ from . import devices, frames, protocol
 from .editing import Editor, EditSettings, Prompts, decode_chunks, edit_timesteps, injection_steps
 from .errors import BadInput, EngineError, OutOfMemory, is_out_of_memory
 from .events import CancelToken, Emitter, Progress
+from .fingerprint import INDEX_NAME, DigestIndex
 from .inversion import InversionCache, InversionSettings, encode, invert, schedule_fingerprint
 from .models import Model, load
 
@@ -144,8 +145,9 @@ class Run:
         model, job = self.model, self.job
         assert model is not None
         cache = InversionCache(job.cache_dir or default_cache_dir())
+        assert cache.root is not None
         inv = InversionSettings(
-            model_identity=model.identity,
+            model_identity=model.fingerprint(DigestIndex(cache.root / INDEX_NAME)),
             dtype=str(model.placement.dtype),
             width=size[0],
             height=size[1],
