@@ -11,19 +11,21 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import DDIMInverseScheduler
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save
 
+from .atomic_write import write_atomic
 from .models import Model
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: entries carry a checksum of their latents (format-1 entries are not read)
+ENTRY_KEYS = {"latents", "timesteps"}
 
 
 @dataclass(frozen=True)
@@ -58,29 +60,52 @@ def schedule_fingerprint(config: dict) -> str:
     return json.dumps({k: config.get(k) for k in keys}, sort_keys=True, default=str)
 
 
+def checksum(latents: torch.Tensor) -> str:
+    """sha256 of the tensor's bytes: catches data damaged behind an intact safetensors header."""
+    return hashlib.sha256(latents.contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+class BadEntry(Exception):
+    """A cache entry that must not be used: the reason says which check failed."""
+
+
 class InversionCache:
-    """A folder of `<settings key>/<frame sha256>.safetensors` files holding (T, 4, h, w) latents."""
+    """A folder of `<settings key>/<frame sha256>.safetensors` files holding (T, 4, h, w) latents.
+
+    Entries are checked on every read (keys, timesteps, shape, dtype, finite values, checksum); a bad
+    entry is deleted and recomputed with a warning. A failed write (read-only or full disk) warns once
+    and the run carries on without caching: the cache saves time, it must never cost the edit.
+    """
 
     def __init__(self, root: str | os.PathLike[str] | None) -> None:
         self.root = Path(root) if root else None
+        self.rejected = 0  # entries found bad, deleted and recomputed
+        self.writes_failed = 0  # entries not written (after the first failure, none is tried)
+        self.write_error = ""
 
     def _path(self, settings: InversionSettings, digest: str) -> Path | None:
         return self.root / settings.key() / f"{digest}.safetensors" if self.root else None
 
-    def get(self, settings: InversionSettings, digest: str, timesteps: Sequence[int]) -> torch.Tensor | None:
+    def get(
+        self, settings: InversionSettings, digest: str, timesteps: Sequence[int], shape: Sequence[int]
+    ) -> torch.Tensor | None:
+        """The entry's latents if it is present and sound, else None (a bad entry is deleted)."""
         path = self._path(settings, digest)
         if path is None or not path.is_file():
             return None
         try:
-            tensors = load_file(str(path))
-            stored = tensors["timesteps"].tolist()
-            latents = tensors["latents"]
-        except Exception as exc:  # a torn or foreign file: recompute rather than fail the job
-            log.warning("ignoring unreadable cache file %s: %s", path, exc)
-            return None
-        if stored != list(timesteps):
-            return None
-        return latents
+            return _read_entry(path, list(timesteps), tuple(shape))
+        except BadEntry as exc:
+            reason = str(exc)
+        except Exception as exc:  # torn, truncated, empty or foreign: safetensors raises several types
+            reason = f"unreadable ({type(exc).__name__}: {exc})"
+        self.rejected += 1
+        log.warning("inversion cache entry %s is bad (%s); it is deleted and recomputed", path, reason)
+        try:
+            path.unlink()
+        except OSError as exc:
+            log.warning("could not delete the bad cache entry %s: %s", path, exc)
+        return None
 
     def put(
         self, settings: InversionSettings, digest: str, timesteps: Sequence[int], latents: torch.Tensor
@@ -88,19 +113,49 @@ class InversionCache:
         path = self._path(settings, digest)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-        os.close(fd)
+        if self.write_error:
+            self.writes_failed += 1
+            return
+        latents = latents.detach().to("cpu", torch.float32).contiguous()
+        if not bool(torch.isfinite(latents).all()):  # never reached: the inversion stops first
+            raise ValueError("refusing to cache non-finite latents")
+        data = save(
+            {"latents": latents, "timesteps": torch.tensor(list(timesteps))},
+            metadata={"settings": json.dumps(settings.__dict__), "checksum": checksum(latents)},
+        )
         try:
-            save_file(
-                {"latents": latents.contiguous().cpu(), "timesteps": torch.tensor(list(timesteps))},
-                tmp,
-                metadata={"settings": json.dumps(settings.__dict__)},
+            write_atomic(path, data)  # concurrent farm chunks never see half a file
+        except OSError as exc:
+            self.writes_failed += 1
+            self.write_error = f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "cannot write to the inversion cache %s (%s); carrying on without caching, so a re-edit "
+                "will invert again. Free space or choose a writable cache folder.",
+                self.root,
+                self.write_error,
             )
-            os.replace(tmp, path)  # atomic: concurrent farm chunks never see half a file
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+
+
+def _read_entry(path: Path, timesteps: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+    """Load one entry and check it; raise BadEntry naming the first check that fails."""
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+        if keys != ENTRY_KEYS:
+            raise BadEntry(f"tensors {sorted(keys)}, expected {sorted(ENTRY_KEYS)}")
+        stored_sum = (f.metadata() or {}).get("checksum")
+        stored = f.get_tensor("timesteps").tolist()
+        latents = f.get_tensor("latents")
+    if stored != timesteps:
+        raise BadEntry(f"timesteps {stored[:3]}..., expected {timesteps[:3]}...")
+    if latents.dtype != torch.float32:
+        raise BadEntry(f"dtype {latents.dtype}, expected torch.float32")
+    if tuple(latents.shape) != shape:
+        raise BadEntry(f"shape {tuple(latents.shape)}, expected {shape}")
+    if not bool(torch.isfinite(latents).all()):
+        raise BadEntry("non-finite values (NaN or infinity)")
+    if stored_sum != checksum(latents):
+        raise BadEntry("checksum mismatch: the data was damaged after it was written")
+    return latents
 
 
 @torch.no_grad()

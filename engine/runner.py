@@ -84,6 +84,8 @@ class Run:
             "propagate_unet_frames": 0,
             "cache_hits": 0,
             "cache_misses": 0,
+            "cache_rejected": 0,  # bad entries found, deleted and recomputed
+            "cache_writes_failed": 0,  # entries not written: the cache folder is read-only or full
         }
 
     # -- stages ---------------------------------------------------------------------------
@@ -156,10 +158,13 @@ class Run:
             scheduler=schedule_fingerprint(model.scheduler_config),
         )
         wanted = sorted(edit_timesteps(model, EditSettings(steps=job.steps)))
-        found = {i: cache.get(inv, shot.frames[i].digest, wanted) for i in needed}
+        h, w = size[1] // model.vae_factor, size[0] // model.vae_factor
+        shape = (len(wanted), 4, h, w)
+        found = {i: cache.get(inv, shot.frames[i].digest, wanted, shape) for i in needed}
         missing = [i for i in needed if found[i] is None]
         self.stats["cache_hits"] = len(needed) - len(missing)
         self.stats["cache_misses"] = len(missing)
+        self.stats["cache_rejected"] = cache.rejected
         if missing:
             self.progress.plan("inversion", len(missing) * job.steps)
             embeds = model.encode_prompt(job.source_prompt)
@@ -180,7 +185,7 @@ class Run:
                 for j, i in enumerate(chunk):
                     found[i] = latents[:, j].contiguous()  # a plain layout, as a cache load gives
                     cache.put(inv, shot.frames[i].digest, timesteps, found[i])
-        h, w = size[1] // model.vae_factor, size[0] // model.vae_factor
+            self.stats["cache_writes_failed"] = cache.writes_failed
         stacked = torch.zeros(len(wanted), len(shot), 4, h, w)  # (T, N, 4, h, w)
         for i, latents in found.items():
             stacked[:, i] = latents
