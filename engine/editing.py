@@ -15,6 +15,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from . import attention, keyframes
+from .finite import require_finite
 from .models import Model
 
 
@@ -110,7 +111,10 @@ class Editor:
 
     def _denoise(self, eps: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
         x = x.to(eps.device, torch.float32)
-        return self.scheduler.step(eps, t, x).prev_sample.cpu()
+        x = self.scheduler.step(eps, t, x).prev_sample
+        where = f"the UNet during the edit (timestep {int(t)})"
+        require_finite(x, where, self.model.placement.dtype, self.settings.guidance)
+        return x.cpu()
 
     def _keyframes(self, n_frames: int, step: int, preview: bool) -> list[int]:
         s = self.settings
@@ -220,5 +224,5 @@ def decode_chunks(model: Model, latents: torch.Tensor, chunk: int = 4) -> Iterat
     for start in range(0, latents.shape[0], chunk):
         z = latents[start : start + chunk].to(model.placement.device, model.placement.vae_dtype)
         images = model.vae.decode(z / model.latent_scale).sample.float()
+        require_finite(images, "the VAE decoder (writing the results)", model.placement.vae_dtype)
         yield from ((images + 1) / 2).clamp(0, 1).cpu()
-

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from .atomic_write import write_atomic
+from .finite import require_finite
 from .models import Model
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,9 @@ def _read_entry(path: Path, timesteps: list[int], shape: tuple[int, ...]) -> tor
 def encode(model: Model, images: torch.Tensor) -> torch.Tensor:
     """VAE posterior mean, scaled: (B, 3, H, W) in [-1, 1] -> (B, 4, H/8, W/8) float32."""
     dist = model.vae.encode(images.to(model.placement.device, model.placement.vae_dtype)).latent_dist
-    return (dist.mean * model.latent_scale).float()
+    latents = (dist.mean * model.latent_scale).float()
+    require_finite(latents, "the VAE encoder (reading the source frames)", model.placement.vae_dtype)
+    return latents
 
 
 @torch.no_grad()
@@ -189,5 +192,6 @@ def invert(
             on_call()
         eps = model.unet(x.to(dtype), t, encoder_hidden_states=embeds).sample.float()
         x = scheduler.step(eps, t, x).prev_sample
+        require_finite(x, f"the UNet during the inversion (timestep {int(t)})", dtype)
         kept.append(x.cpu())
     return [int(t) for t in scheduler.timesteps], torch.stack(kept)

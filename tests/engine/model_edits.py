@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 UNET_FILE = "unet/diffusion_pytorch_model.safetensors"
 VAE_FILE = "vae/diffusion_pytorch_model.safetensors"
+TEXT_FILE = "text_encoder/model.safetensors"
 
 
 def change_tensor(file: Path, key: str, change: Callable[[torch.Tensor], None]) -> None:
