@@ -95,7 +95,10 @@ def _configs(model: Model) -> dict[str, Any]:
 
 def _identify(model: Model, index: DigestIndex) -> str:
     if model.files is not None:
-        return files_digest(model.files, index, extra=_configs(model))
+        try:
+            return files_digest(model.files, index, extra=_configs(model))
+        except OSError as exc:  # a file gone or unreadable since the load: the tensors still say it all
+            log.warning("hashing the loaded weights, not the model's files (%s)", exc)
     digest = hashlib.sha256(json.dumps(_configs(model), sort_keys=True, default=str).encode())
     for name in ("unet", "vae", "text_encoder"):
         for key, tensor in sorted(getattr(model, name).state_dict().items()):

@@ -158,3 +158,12 @@ def test_loaded_model_lists_its_files(tiny_model_dir, model):
     assert model.files is not None
     assert {n for n, _ in model.files} == {n for n, _ in models.model_files(str(tiny_model_dir))}
     assert all(Path(p).is_file() for _, p in model.files)
+
+
+def test_model_files_gone_after_load_fall_back_to_the_tensors(tiny_model_dir, tmp_path, caplog):
+    folder = model_copy(tiny_model_dir, tmp_path / "m")
+    loaded = models.load(str(folder), devices.choose("cpu"))
+    (folder / UNET_FILE).unlink()
+    in_memory = dataclasses.replace(loaded, files=None, _identity="").identity
+    assert loaded.fingerprint(DigestIndex(tmp_path / INDEX_NAME)) == in_memory
+    assert any("loaded weights" in r.getMessage() for r in caplog.records)
