@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 HASH = "sha256"  # chosen by measurement: bench/fingerprint_bench.py
 INDEX_NAME = "file-digests.json"
 INDEX_FORMAT = 1
+MAX_ENTRIES = 5000  # about 1 MB of JSON
 
 
 def hash_file(path: Path) -> str:
@@ -86,11 +87,18 @@ class DigestIndex:
         return digest
 
     def save(self) -> None:
-        """Write the index if it learnt something; entries of files that are gone are dropped."""
+        """Write the index if it learnt something, merged with what other processes wrote meanwhile.
+
+        A farm's shared cache folder holds the index of several machines, so entries are not dropped
+        because their path is missing here; the oldest go beyond MAX_ENTRIES.
+        """
         if not (self.path and self._dirty):
             return
-        merged = {**self._read(), **self._entries}  # keep what another process wrote meanwhile
-        kept = {k: v for k, v in merged.items() if os.path.exists(k)}
+        merged = self._read()
+        for key, entry in self._entries.items():
+            merged.pop(key, None)
+            merged[key] = entry  # newest last
+        kept = dict(list(merged.items())[-MAX_ENTRIES:])
         data = json.dumps({"format": INDEX_FORMAT, "hash": HASH, "files": kept}, indent=0)
         try:
             write_atomic(self.path, data.encode())

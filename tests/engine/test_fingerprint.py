@@ -167,3 +167,23 @@ def test_model_files_gone_after_load_fall_back_to_the_tensors(tiny_model_dir, tm
     in_memory = dataclasses.replace(loaded, files=None, _identity="").identity
     assert loaded.fingerprint(DigestIndex(tmp_path / INDEX_NAME)) == in_memory
     assert any("loaded weights" in r.getMessage() for r in caplog.records)
+
+
+def test_index_keeps_other_machines_entries_up_to_its_cap(tmp_path, monkeypatch):
+    """A shared farm cache holds every worker's entries: a path missing here is not dropped."""
+    from engine import fingerprint
+
+    index_path = tmp_path / INDEX_NAME
+    elsewhere = {"/another/machine/unet.safetensors": {"stat": [1, 2, 3, 4], "digest": "a" * 64}}
+    index_path.write_text(json.dumps({"format": 1, "hash": fingerprint.HASH, "files": elsewhere}))
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"w")
+    files_digest([("w", weights)], DigestIndex(index_path))
+    stored = json.loads(index_path.read_text())["files"]
+    assert set(stored) == {*elsewhere, str(weights.resolve())}
+
+    monkeypatch.setattr(fingerprint, "MAX_ENTRIES", 1)
+    other = tmp_path / "v.bin"
+    other.write_bytes(b"v")
+    files_digest([("v", other)], DigestIndex(index_path))
+    assert set(json.loads(index_path.read_text())["files"]) == {str(other.resolve())}  # the newest kept
