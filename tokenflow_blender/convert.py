@@ -44,9 +44,13 @@ class ConvertTask:
     kind = "convert"
 
     def __init__(self, scene: Any, strip: Any, parent: str) -> None:
-        if strip is None or strip.type != "MOVIE":
-            kind = "no" if strip is None else f"'{strip.name}' is a {strip.type.lower()}"
-            raise ConvertError(f"{kind} strip selected; Convert to Image Sequence works on a movie strip")
+        if strip is None:
+            raise ConvertError("no active strip: select the movie strip to convert in the Sequencer")
+        if strip.type != "MOVIE":
+            raise ConvertError(
+                f"'{strip.name}' is not a movie strip (it is {strip.type.lower()}); Convert to Image "
+                "Sequence works on a movie strip"
+            )
         movie = bpy.path.abspath(strip.filepath, library=strip.id_data.library)
         if not os.path.isfile(movie):
             raise ConvertError(f"the movie file {movie} of '{strip.name}' is missing; relink the strip")
@@ -66,13 +70,15 @@ class ConvertTask:
         self.scene_name = scene.name
         self.source = strip.name
         self.channel = strip.channel
-        self.start = strip.frame_final_start
+        self.first_frame = strip.frame_final_start
         self.frames = list(range(strip.frame_final_start, strip.frame_final_end))
         if not self.frames:
             raise ConvertError(f"'{strip.name}' shows no frames")
         self.size = (width, height)
         # Fails now, not after rendering, when no channel above is free for the whole range.
-        planning.free_channel(strips.occupied(scene), self.start, self.start + len(self.frames), self.channel)
+        planning.free_channel(
+            strips.occupied(scene), self.first_frame, self.first_frame + len(self.frames), self.channel
+        )
         self.output = planning.output_folder(parent, strip.name, "image sequence", "convert")
         self.temp = os.path.join(parent, f".{os.path.basename(self.output)}.tmp-convert")
         self.stem = planning.slug(strip.name, 24)
@@ -128,7 +134,13 @@ class ConvertTask:
         os.rename(self.temp, self.output)
         scene = self._scene()
         strip = strips.add_image_strip(
-            scene, strip_name(self.source), self.output, self.files, self.start, self.channel, self.colorspace
+            scene,
+            strip_name(self.source),
+            self.output,
+            self.files,
+            self.first_frame,
+            self.channel,
+            self.colorspace,
         )
         ed = scene.sequence_editor
         for other in compat.strips_all(ed):
