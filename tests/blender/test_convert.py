@@ -174,3 +174,23 @@ def test_only_movie_strips(tf, scene, tmp_path) -> None:
         run_op("sequencer.tokenflow_convert_movie", scene)
     assert snapshot(scene) == before and tf.controller.running("convert") is None
     assert len(strips_of(scene)) == 1
+
+
+def test_panel_offers_the_conversion(tf, scene, movie, tmp_path, monkeypatch) -> None:
+    from .test_ui import _context, _draw
+
+    panel = bpy.types.SEQUENCER_PT_tokenflow
+    assert "sequencer.tokenflow_convert_movie" not in {n for _, n in _draw(panel, _context(scene))}
+    scene.tokenflow.output_dir = str(tmp_path / "out") + os.sep
+    _movie_strip(tf, scene, movie["path"])
+    idle = _draw(panel, _context(scene))
+    assert ("operator", "sequencer.tokenflow_convert_movie") in idle
+    assert run_op("sequencer.tokenflow_convert_movie", scene) == {"FINISHED"}
+    task = tf.controller.get("convert")
+    task.tick()
+    running = _draw(panel, _context(scene))
+    assert ("progress", "Converting 'carphone': 1/5 frames") in running
+    assert ("operator", "sequencer.tokenflow_cancel_convert") in running
+    wait(tf, slot="convert", timeout=120)
+    done = _draw(panel, _context(scene))
+    assert ("label", "Added 'carphone frames' on channel 3: 5 frames") in done

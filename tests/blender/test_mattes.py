@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import bpy
@@ -233,3 +234,23 @@ def test_exr_plate_with_matte_end_to_end(tf, scene, assets, tmp_path) -> None:
         inside = [(y * width + x) * 4 for y in range(height) for x in range(width // 4)]
         changed += sum(out[2][i] != ref[2][i] for i in inside)
     assert changed > 0, "the edit changed nothing inside the matte"
+
+
+def test_matte_panel(tf, scene) -> None:
+    from .test_ui import Layout, _context, _draw
+
+    searched: list[tuple[str, str]] = []
+
+    def prop_search(self, data, name, search_data, search_name, **kwargs) -> None:
+        assert name in data.bl_rna.properties and search_name in search_data.bl_rna.properties
+        searched.append((name, search_name))
+
+    Layout.prop_search = prop_search
+    try:
+        scene.sequence_editor_create()
+        shown = {name for kind, name in _draw(bpy.types.SEQUENCER_PT_tokenflow_matte, _context(scene))}
+    finally:
+        del Layout.prop_search
+    assert {"matte_channel", "matte_invert", "matte_feather"} <= shown
+    assert searched == [("matte", "strips_all" if bpy.app.version >= (4, 4, 0) else "sequences_all")]
+    assert not bpy.types.SEQUENCER_PT_tokenflow_matte.poll(SimpleNamespace(scene=None, sequencer_scene=None))
