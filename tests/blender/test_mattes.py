@@ -254,3 +254,15 @@ def test_matte_panel(tf, scene) -> None:
     assert {"matte_channel", "matte_invert", "matte_feather"} <= shown
     assert searched == [("matte", "strips_all" if bpy.app.version >= (4, 4, 0) else "sequences_all")]
     assert not bpy.types.SEQUENCER_PT_tokenflow_matte.poll(SimpleNamespace(scene=None, sequencer_scene=None))
+
+
+def test_farm_refuses_a_matte(tf, scene, tmp_path) -> None:
+    """A farm job splits the shot into chunks; the matte would be dropped, so it is refused."""
+    source = _source(scene, tmp_path)
+    add_image_strip(scene, pngs.write_sequence(tmp_path / "m", 12, 32, 24, stem="m"), 3, 9, "roto")
+    scene.sequence_editor.active_strip = source
+    scene.tokenflow.prompt, scene.tokenflow.matte = "snow", "roto"
+    before, task_before = snapshot(scene), tf.controller.get("farm")
+    with pytest.raises(RuntimeError, match="Submit to Farm does not take a matte"):
+        run_op("sequencer.tokenflow_submit_farm", scene)
+    assert snapshot(scene) == before and tf.controller.get("farm") is task_before
