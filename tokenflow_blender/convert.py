@@ -23,6 +23,9 @@ from . import colour, compat, controller, jobs, planning, strip_render, strips
 RUNNING, DONE, ERROR, CANCELLED = controller.RUNNING, controller.DONE, controller.ERROR, controller.CANCELLED
 
 
+MOVIE_TYPES = ("MOVIE", "MOVIECLIP")
+
+
 class ConvertError(ValueError):
     """The strip cannot be converted; the message says why and what to do."""
 
@@ -32,6 +35,25 @@ def strip_name(movie: str, limit: int = 61) -> str:
     suffix = " frames"
     encoded = movie.encode("utf-8")[: limit - len(suffix)]
     return encoded.decode("utf-8", "ignore").rstrip() + suffix
+
+
+def _movie_facts(strip: Any) -> tuple[str, int, int, str]:
+    """File, pixel size and colour space of a movie strip, or of a movie clip strip's clip."""
+    if strip.type == "MOVIECLIP":
+        if not hasattr(strip, "clip"):  # 4.2 does not expose a clip strip's clip to Python
+            raise ConvertError(
+                f"'{strip.name}' is a movie clip strip, whose clip this Blender version does not expose; "
+                "add the movie file with Add > Movie and convert that strip"
+            )
+        clip = strip.clip
+        if clip is None:
+            raise ConvertError(f"'{strip.name}' has no movie clip; choose one in the strip's properties")
+        path = bpy.path.abspath(clip.filepath, library=clip.library)
+        return path, int(clip.size[0]), int(clip.size[1]), clip.colorspace_settings.name
+    path = bpy.path.abspath(strip.filepath, library=strip.id_data.library)
+    elem = strip.elements[0] if len(strip.elements) else None
+    size = (elem.orig_width, elem.orig_height) if elem is not None else (0, 0)
+    return path, size[0], size[1], strip.colorspace_settings.name
 
 
 def frame_file(stem: str, index: int, ext: str) -> str:
@@ -46,21 +68,19 @@ class ConvertTask:
     def __init__(self, scene: Any, strip: Any, parent: str) -> None:
         if strip is None:
             raise ConvertError("no active strip: select the movie strip to convert in the Sequencer")
-        if strip.type != "MOVIE":
+        if strip.type not in MOVIE_TYPES:
             raise ConvertError(
                 f"'{strip.name}' is not a movie strip (it is {strip.type.lower()}); Convert to Image "
                 "Sequence works on a movie strip"
             )
-        movie = bpy.path.abspath(strip.filepath, library=strip.id_data.library)
+        movie, width, height, colorspace = _movie_facts(strip)
         if not os.path.isfile(movie):
             raise ConvertError(f"the movie file {movie} of '{strip.name}' is missing; relink the strip")
-        width = strip.elements[0].orig_width if len(strip.elements) else 0
-        height = strip.elements[0].orig_height if len(strip.elements) else 0
         if width <= 0 or height <= 0:
             raise ConvertError(f"Blender cannot read the size of {movie}; check that the movie plays")
         config = colour.load_config(strips.ocio_config())
         try:
-            space = config.resolve(strip.colorspace_settings.name)
+            space = config.resolve(colorspace)
         except colour.ColourError as exc:
             raise ConvertError(f"'{strip.name}': {exc}") from exc
         self.is_float = not planning.is_display_referred(space)

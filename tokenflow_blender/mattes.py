@@ -19,7 +19,7 @@ import bpy
 
 from . import imageinfo, strip_render, strips
 
-RENDERED = ("MASK", "MOVIE")  # strips Blender renders to matte frames
+RENDERED = ("MASK", "MOVIE", "MOVIECLIP")  # strips Blender renders to matte frames
 CHANNEL_ALPHA = "alpha"
 
 

@@ -164,7 +164,7 @@ def _draw_convert(layout: bpy.types.UILayout, strip: object) -> None:
         box.progress(factor=task.progress, type="BAR", text=task.message[:120])
         box.operator("sequencer.tokenflow_cancel_convert", icon="CANCEL")
         return
-    if strip is not None and getattr(strip, "type", "") == "MOVIE":
+    if strip is not None and getattr(strip, "type", "") in ("MOVIE", "MOVIECLIP"):
         box = layout.box()
         box.label(text="TokenFlow edits image sequences", icon="INFO")
         box.operator("sequencer.tokenflow_convert_movie", icon="RENDER_ANIMATION")

@@ -194,3 +194,28 @@ def test_panel_offers_the_conversion(tf, scene, movie, tmp_path, monkeypatch) ->
     wait(tf, slot="convert", timeout=120)
     done = _draw(panel, _context(scene))
     assert ("label", "Added 'carphone frames' on channel 3: 5 frames") in done
+
+
+def test_convert_a_movie_clip_strip(tf, scene, movie, tmp_path) -> None:
+    """A strip of a clip from the Movie Clip Editor converts the same way (4.4+; 4.2 refuses it)."""
+    scene.tokenflow.output_dir = str(tmp_path / "out") + os.sep
+    clip = bpy.data.movieclips.load(str(movie["path"]))
+    try:
+        ed = scene.sequence_editor_create()
+        strip = tf.compat.strips(ed).new_clip("clip", clip, 2, 5)
+        strip.frame_offset_start, strip.frame_final_duration = 3, 2
+        ed.active_strip = strip
+        if not hasattr(strip, "clip"):  # MovieClipSequence has no `clip` in 4.2
+            with pytest.raises(RuntimeError, match="movie clip strip.*Add > Movie"):
+                run_op("sequencer.tokenflow_convert_movie", scene)
+            return
+        assert run_op("sequencer.tokenflow_convert_movie", scene) == {"FINISHED"}
+        task = wait(tf, slot="convert", timeout=120)
+        assert task.state == "DONE", task.message
+        result = ed.active_strip
+        assert (result.frame_final_start, result.frame_final_end, result.channel) == (8, 10, 3)
+        got = _pixels(Path(bpy.path.abspath(result.directory)) / result.elements[0].filename)
+        distances = [_distance(got, _pixels(p)) for p in movie["frames"][:6]]
+        assert distances.index(min(distances)) == 3 and min(distances) < 0.01
+    finally:
+        bpy.data.movieclips.remove(clip)
