@@ -19,7 +19,7 @@ from typing import Any
 import bpy
 
 from ..engine import protocol
-from . import compat, controller, engine_env, mattes, planning, preferences, strip_render, strips
+from . import compat, controller, engine_env, mattes, planning, preferences, strips
 
 SLOT_EDIT, SLOT_INSTALL, SLOT_CHECK, SLOT_FARM = "edit", "install", "check", "farm"
 SLOT_CONVERT = "convert"  # Convert to Image Sequence (convert.py)
@@ -95,7 +95,7 @@ def build_job(
     scene: Any, shot: strips.Shot, stage: str, output: str, matte: list[str] | None = None
 ) -> protocol.Job:
     """The engine job for `shot` with the scene's settings (and `matte`, one file per frame, from
-    :func:`matte_frames`); validated as the engine will."""
+    :func:`matte_plan`); validated as the engine will."""
     s = scene.tokenflow
     job = protocol.Job(
         frames=list(shot.frames),
@@ -179,10 +179,10 @@ def start_edit(context: Any, stage: str) -> controller.ProcessTask:
         raise UserError(problem)
     parent = output_parent(scene)
     output = planning.output_folder(parent, shot.name, scene.tokenflow.prompt, stage)
-    job = build_job(scene, shot, stage, output)  # the settings, checked before a matte is rendered
-    matte = matte_frames(scene, shot, output)
-    if matte:
-        job = build_job(scene, shot, stage, output, matte)
+    job = build_job(scene, shot, stage, output)  # the settings, checked before the matte
+    matte = matte_plan(scene, shot, output)
+    if matte is not None:
+        job = build_job(scene, shot, stage, output, matte.paths)
     matte_dir = mattes.matte_folder(jobs_dir(), output)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -205,10 +205,13 @@ def start_edit(context: Any, stage: str) -> controller.ProcessTask:
         pid_dir=pid_dir(),
         on_event=_on_edit_event,
         on_finish=_on_edit_finish,
+        prepare=matte.render.step if matte is not None and matte.render is not None else None,
+        prepare_label="Matte",
         context={
             **result_context(scene, shot, job.prompt, stage),
             "job_path": job_path,
             "matte_dir": matte_dir,
+            "matte": matte,
             "started": time.time(),
         },
     )
@@ -227,17 +230,17 @@ def start_edit(context: Any, stage: str) -> controller.ProcessTask:
     return task
 
 
-def matte_frames(scene: Any, shot: strips.Shot, output: str) -> list[str]:
-    """The scene's matte for `shot`, one file per frame ([] without a matte); rendered mattes go
-    beside the job and are removed when the run ends. Raise UserError before any engine starts."""
+def matte_plan(scene: Any, shot: strips.Shot, output: str) -> mattes.Matte | None:
+    """The scene's matte for `shot` (None without one): a file per frame, rendered ones beside the
+    job by the edit task before the engine starts. Raise UserError before any work."""
     name = scene.tokenflow.matte.strip()
     if not name:
-        return []
+        return None
     try:
-        return mattes.collect(
+        return mattes.plan(
             scene, shot, name, mattes.matte_folder(jobs_dir(), output), scene.tokenflow.matte_channel
         )
-    except (mattes.MatteError, strip_render.RenderError) as exc:
+    except mattes.MatteError as exc:
         raise UserError(str(exc)) from exc
 
 
@@ -246,7 +249,9 @@ def _on_edit_event(task: controller.ProcessTask, event: dict[str, Any]) -> None:
 
 
 def _on_edit_finish(task: controller.ProcessTask) -> None:
-    if task.context.get("matte_dir"):  # rendered matte frames served this run only
+    matte = task.context.get("matte")
+    if matte is not None and matte.render is not None:  # rendered matte frames served this run only
+        matte.render.close()
         shutil.rmtree(task.context["matte_dir"], ignore_errors=True)
     st = state()
     try:

@@ -163,13 +163,63 @@ def test_job_carries_the_matte(tf, scene, tmp_path) -> None:
     )
     shot = tf.strips.read_shot(source)
     output = str(tmp_path / "out" / "plate-propagate-snow")
-    matte = tf.jobs.matte_frames(scene, shot, output)
-    job = tf.jobs.build_job(scene, shot, "propagate", output, matte)
+    matte = tf.jobs.matte_plan(scene, shot, output)
+    assert matte.render is None  # image mattes are used in place
+    job = tf.jobs.build_job(scene, shot, "propagate", output, matte.paths)
     assert [os.path.basename(p) for p in job.matte] == [f"m_{i:04d}.png" for i in range(1, 10)]
     assert (job.matte_channel, job.matte_invert, job.matte_feather) == ("luminance", True, 4.5)
     s.matte = ""
-    assert tf.jobs.matte_frames(scene, shot, output) == []
+    assert tf.jobs.matte_plan(scene, shot, output) is None
     assert tf.jobs.build_job(scene, shot, "propagate", output).matte == []
+
+
+def test_mask_matte_rendered_by_the_edit_task(tf, scene, tmp_path) -> None:
+    """Propagate with a Mask matte: the edit task renders one matte frame per tick (Blender stays
+    live, the panel shows 'Matte n/9'), then starts the engine; Cancel ends it and leaves no matte
+    frames and no extra scene."""
+    source = _source(scene, tmp_path)
+    tf.compat.strips(scene.sequence_editor).new_mask("roto", _mask("roto", 0.25, 0.75), 5, 1)
+    scene.sequence_editor.active_strip = source
+    s = scene.tokenflow
+    s.prompt, s.matte, s.output_dir = "snow", "roto", str(tmp_path / "out") + os.sep
+    scenes, before = len(bpy.data.scenes), snapshot(scene)
+    assert run_op("sequencer.tokenflow_propagate", scene) == {"FINISHED"}
+    task = tf.controller.get("edit")
+    state = bpy.context.window_manager.tokenflow_job
+    folder = Path(task.context["matte_dir"])
+    assert task.pid is None and not folder.exists()  # nothing rendered before the first tick
+    for _ in range(3):
+        assert task.tick()
+    assert (task.stage, task.message, state.stage) == ("Matte", "Matte 3/9", "Matte")
+    assert task.pid is None and len(os.listdir(folder)) == 3
+    for _ in range(6):
+        task.tick()
+    assert task.pid is not None, "the engine starts once the matte is complete"
+    assert sorted(os.listdir(folder)) == [f"matte_{i:05d}.png" for i in range(9)]
+    assert len(bpy.data.scenes) == scenes  # the throwaway scene is gone once the matte is rendered
+    assert run_op("sequencer.tokenflow_cancel", scene) == {"FINISHED"}
+    wait(tf, timeout=60)
+    assert task.state == "CANCELLED" and not folder.exists()
+    assert snapshot(scene) == before and len(bpy.data.scenes) == scenes
+
+
+def test_cancel_while_the_matte_renders(tf, scene, tmp_path) -> None:
+    source = _source(scene, tmp_path)
+    tf.compat.strips(scene.sequence_editor).new_mask("roto", _mask("roto", 0.25, 0.75), 5, 1)
+    scene.sequence_editor.active_strip = source
+    s = scene.tokenflow
+    s.prompt, s.matte, s.output_dir = "snow", "roto", str(tmp_path / "out") + os.sep
+    scenes, before = len(bpy.data.scenes), snapshot(scene)
+    assert run_op("sequencer.tokenflow_propagate", scene) == {"FINISHED"}
+    task = tf.controller.get("edit")
+    task.tick()
+    assert len(bpy.data.scenes) == scenes + 1  # the matte's throwaway scene, while it renders
+    assert run_op("sequencer.tokenflow_cancel", scene) == {"FINISHED"}
+    wait(tf, timeout=10)
+    assert task.state == "CANCELLED" and task.pid is None
+    assert "nothing was added" in bpy.context.window_manager.tokenflow_job.message
+    assert not Path(task.context["matte_dir"]).exists()
+    assert snapshot(scene) == before and len(bpy.data.scenes) == scenes
 
 
 # --- end to end: an EXR plate with a Mask matte through the real engine ----------------------------
