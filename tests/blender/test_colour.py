@@ -223,3 +223,10 @@ def test_unknown_colour_space_refused(tf, scene, tmp_path, monkeypatch) -> None:
     add_image_strip(scene, pngs.write_sequence(tmp_path / "seq", 3, 32, 24))  # read as 'sRGB'
     msg = _refused(tf, scene, "colour space 'sRGB' is not defined in the OCIO config")
     assert str(config) in msg and "'Output - sRGB'" in msg
+
+
+def test_unreadable_ocio_config_refused(tf, scene, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("OCIO", str(tmp_path / "nowhere" / "config.ocio"))
+    add_image_strip(scene, pngs.write_sequence(tmp_path / "seq", 3, 32, 24))
+    msg = _refused(tf, scene, "cannot read the OCIO config")
+    assert str(tmp_path / "nowhere" / "config.ocio") in msg and "$OCIO" in msg
