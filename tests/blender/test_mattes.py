@@ -136,6 +136,7 @@ def test_mask_strip_rendered_to_matte_frames(pkg, scene, tmp_path) -> None:
     assert mask_strip.frame_final_start == 7
     scene.sequence_editor.active_strip = source
     scenes, before = len(bpy.data.scenes), snapshot(scene)
+    looks = (scene.render.resolution_x, scene.view_settings.view_transform, scene.render.filepath)
     shot = pkg.strips.read_shot(source)
     seen: list[tuple[int, int]] = []
     folder = tmp_path / "jobs" / "run-matte"
@@ -147,6 +148,7 @@ def test_mask_strip_rendered_to_matte_frames(pkg, scene, tmp_path) -> None:
     px = _pixels(paths[4])
     assert _at(px, 24, 15) == 1.0 and _at(px, 2, 15) == 0.0 and _at(px, 45, 15) == 0.0
     assert len(bpy.data.scenes) == scenes and snapshot(scene) == before
+    assert (scene.render.resolution_x, scene.view_settings.view_transform, scene.render.filepath) == looks
 
 
 def test_job_carries_the_matte(tf, scene, tmp_path) -> None:
