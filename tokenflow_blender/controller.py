@@ -59,6 +59,10 @@ class ProcessTask:
     on_event: Callable[[ProcessTask, dict[str, Any]], None] | None = None
     on_finish: Callable[[ProcessTask], None] | None = None
     context: dict[str, Any] = field(default_factory=dict)  # what the caller needs at the end
+    # In-process work before the first command (rendering matte frames in Blender), one slice per
+    # tick so that the UI stays live and Cancel works: returns (done, total); raising ends the task.
+    prepare: Callable[[], tuple[int, int]] | None = None
+    prepare_label: str = "Preparing"
 
     state: str = PENDING
     stage: str = ""
@@ -102,13 +106,19 @@ class ProcessTask:
     def start(self) -> ProcessTask:
         """Start the first command; an executable that cannot start ends the task as an error."""
         self.state = RUNNING
-        self._next_step()
+        if self.prepare is None:
+            self._next_step()
+        else:
+            self.stage = self.prepare_label
         return self
 
     def tick(self) -> bool:
         """Read new output, update progress, finish when the child exits. True while running."""
         if not self.running:
             return False
+        if self.prepare is not None:
+            self._prepare_slice()
+            return self.running
         self._read_stdout()
         proc_alive = self._proc is not None and self._proc.poll() is None
         if self._cancel_at is not None and proc_alive and time.monotonic() >= self._cancel_at:
@@ -159,6 +169,25 @@ class ProcessTask:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+    def _prepare_slice(self) -> None:
+        """One slice of the in-process preparation; the first command starts when it is done."""
+        if self._cancel_at is not None:
+            self._finish(CANCELLED, "Cancelled")
+            return
+        assert self.prepare is not None
+        try:
+            done, total = self.prepare()
+        except Exception as exc:  # the preparation's message is the task's error
+            self._finish(ERROR, f"{self.prepare_label}: {exc}", kind="prepare")
+            return
+        self.message = f"{self.prepare_label} {done}/{total}"
+        if self.on_event:
+            event = {"event": "prepare", "stage": self.prepare_label, "step": done, "total": total}
+            self.on_event(self, event)
+        if done >= total:
+            self.prepare = None
+            self._next_step()
 
     # -- steps -------------------------------------------------------------------------------
     def _next_step(self) -> None:

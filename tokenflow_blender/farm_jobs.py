@@ -87,6 +87,8 @@ def start_farm(context: Any) -> farm_task.FarmTask:
         raise UserError("the prompt is empty: describe the edit, e.g. 'a watercolor painting'")
     if settings.keyframe_mode == "resample":
         raise UserError(RESAMPLE_MESSAGE)
+    if settings.matte.strip():  # the farm splits the shot into chunks; mattes are not split yet
+        raise UserError("Submit to Farm does not take a matte yet: clear Matte or run Propagate here")
     try:
         url = flamenco.normalize_url(preferences.farm_manager_url())
     except flamenco.FlamencoError as exc:

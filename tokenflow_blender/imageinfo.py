@@ -1,4 +1,4 @@
-"""Image headers read with the standard library: size, bit depth and float-ness of frame files.
+"""Image headers read with the standard library: size, bit depth, float-ness and channels of frames.
 
 Blender's `StripElement.orig_width` stays 0 until a frame has been drawn, and loading every frame
 through `bpy.data.images` would decode pixels; a header is a few hundred bytes. The checks here
@@ -13,15 +13,19 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# What the engine decodes (engine/frames.py SUPPORTED); the engine checks again on arrival.
-SUPPORTED = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-FLOAT_FORMATS = (".exr", ".hdr", ".dpx", ".cin")
+# What the engine decodes (engine/frames.py SUPPORTED, plus OpenEXR through the colour path);
+# the engine checks again on arrival.
+SUPPORTED = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr")
+FLOAT_FORMATS = (".hdr", ".dpx", ".cin")  # float / log files the engine does not read
 MOVIE_FORMATS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".ogv", ".flv", ".wmv")
 
 HOW_TO_CONVERT = (
-    "render the shot to 8- or 16-bit sRGB PNG frames (Output Properties: File Format PNG, "
-    "Render > Render Animation) and add them as an image strip"
+    "write the shot as OpenEXR (half or float) or as 8- or 16-bit PNG frames (Output Properties: File "
+    "Format, Render > Render Animation) and add them as an image strip"
 )
+
+# OpenEXR version flags (the 4 bytes after the magic number)
+_EXR_DEEP, _EXR_MULTIPART = 0x800, 0x1000
 
 
 class FrameError(ValueError):
@@ -37,6 +41,7 @@ class ImageInfo:
     height: int
     bit_depth: int
     is_float: bool = False
+    channels: tuple[str, ...] = ()  # EXR channel names, e.g. ('A', 'B', 'G', 'R')
 
 
 def read_info(path: str) -> ImageInfo:
@@ -56,10 +61,10 @@ def read_info(path: str) -> ImageInfo:
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return _tiff(path, name)
     if head.startswith(b"\x76\x2f\x31\x01"):
-        return ImageInfo("exr", 0, 0, 32, is_float=True)
+        return _exr(head, name)
     if head.startswith((b"#?RADIANCE", b"#?RGBE")):
         return ImageInfo("hdr", 0, 0, 32, is_float=True)
-    raise FrameError(f"{name} is not a PNG, JPEG or TIFF image; {HOW_TO_CONVERT}")
+    raise FrameError(f"{name} is not a PNG, JPEG, TIFF or OpenEXR image; {HOW_TO_CONVERT}")
 
 
 def _png(head: bytes, name: str) -> ImageInfo:
@@ -67,6 +72,40 @@ def _png(head: bytes, name: str) -> ImageInfo:
         raise FrameError(f"{name} is a damaged PNG (no IHDR header)")
     width, height, depth = struct.unpack(">IIB", head[16:25])
     return ImageInfo("png", width, height, depth)
+
+
+def _exr(head: bytes, name: str) -> ImageInfo:
+    """The header attributes `channels` and `dataWindow` of a single-part scanline/tiled EXR; the
+    size is the data window's (what Blender shows), the depth 16 for half and 32 for float."""
+    (flags,) = struct.unpack("<I", head[4:8])
+    if flags & (_EXR_DEEP | _EXR_MULTIPART):
+        kind = "deep" if flags & _EXR_DEEP else "multi-part"
+        raise FrameError(f"{name} is a {kind} OpenEXR file; write the plate as a single-part EXR")
+    attrs: dict[str, bytes] = {}
+    pos = 8
+    try:
+        while head[pos] != 0:
+            end = head.index(b"\0", pos)
+            attr = head[pos:end].decode("latin-1")
+            type_end = head.index(b"\0", end + 1)
+            (size,) = struct.unpack("<i", head[type_end + 1 : type_end + 5])
+            attrs[attr] = head[type_end + 5 : type_end + 5 + size]
+            pos = type_end + 5 + size
+        xmin, ymin, xmax, ymax = struct.unpack("<4i", attrs["dataWindow"][:16])
+        channels: list[tuple[str, int]] = []
+        raw, i = attrs["channels"], 0
+        while raw[i] != 0:
+            end = raw.index(b"\0", i)
+            (pixel_type,) = struct.unpack("<i", raw[end + 1 : end + 5])
+            channels.append((raw[i:end].decode("latin-1"), pixel_type))
+            i = end + 17
+    except (ValueError, IndexError, KeyError, struct.error) as exc:
+        raise FrameError(f"{name} is a damaged OpenEXR file (unreadable header)") from exc
+    if not channels:
+        raise FrameError(f"{name} is an OpenEXR file without channels")
+    depth = 16 if all(t == 1 for _, t in channels) else 32  # 0 uint, 1 half, 2 float
+    names = tuple(c for c, _ in channels)
+    return ImageInfo("exr", xmax - xmin + 1, ymax - ymin + 1, depth, is_float=True, channels=names)
 
 
 def _jpeg(path: str, name: str) -> ImageInfo:
@@ -133,8 +172,8 @@ def _tiff(path: str, name: str) -> ImageInfo:
 def check_frames(paths: Sequence[str]) -> ImageInfo:
     """Refuse a shot the engine could not edit; return the first frame's header.
 
-    Every file must exist, be an 8/16-bit PNG, JPEG or TIFF, share one size, and have its own
-    file name (results are written under the source names).
+    Every file must exist, be an 8/16-bit PNG, JPEG or TIFF or an OpenEXR file (all frames of one
+    kind), share one size, and have its own file name (results are written under the source names).
     """
     if not paths:
         raise FrameError("the strip shows no frames")
@@ -157,16 +196,19 @@ def check_frames(paths: Sequence[str]) -> ImageInfo:
         ext = os.path.splitext(path)[1].lower()
         name = os.path.basename(path)
         if ext in FLOAT_FORMATS:
-            raise FrameError(
-                f"{name} is float / linear data ({ext}), which the model cannot take; {HOW_TO_CONVERT}"
-            )
+            raise FrameError(f"{name} is a float / log file ({ext}) the engine cannot read; {HOW_TO_CONVERT}")
         if not os.path.isfile(path):
             raise FrameError(f"frame file {path} is missing; the strip refers to a file that is not there")
         info = read_info(path)
-        if info.is_float or info.bit_depth > 16:
-            raise FrameError(f"{name} holds float / linear pixels; {HOW_TO_CONVERT}")
-        if ext not in SUPPORTED:
-            raise FrameError(f"{name} is not PNG, JPEG or TIFF; {HOW_TO_CONVERT}")
+        if info.format != "exr" and (info.is_float or info.bit_depth > 16):
+            raise FrameError(f"{name} holds float pixels in a {info.format.upper()} file; {HOW_TO_CONVERT}")
+        if ext not in SUPPORTED or (info.format == "exr") != (ext == ".exr"):
+            raise FrameError(f"{name} is not PNG, JPEG, TIFF or OpenEXR; {HOW_TO_CONVERT}")
+        if first is not None and (info.format == "exr") != (first.format == "exr"):
+            raise FrameError(
+                f"{first_name} and {name} differ in kind (OpenEXR and 8/16-bit); a shot's frames are "
+                "all OpenEXR or all 8/16-bit images"
+            )
         if first is None:
             first, first_name = info, name
         elif (info.width, info.height) != (first.width, first.height):

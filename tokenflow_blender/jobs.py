@@ -12,15 +12,17 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shutil
 import time
 from typing import Any
 
 import bpy
 
 from ..engine import protocol
-from . import compat, controller, engine_env, planning, preferences, strips
+from . import compat, controller, engine_env, mattes, planning, preferences, strips
 
 SLOT_EDIT, SLOT_INSTALL, SLOT_CHECK, SLOT_FARM = "edit", "install", "check", "farm"
+SLOT_CONVERT = "convert"  # Convert to Image Sequence (convert.py)
 TIMER_INTERVAL = 0.2
 KEEP_LOGS = 40
 
@@ -89,8 +91,11 @@ def _show(task: controller.ProcessTask) -> None:
 
 
 # --- edit jobs -------------------------------------------------------------------------------
-def build_job(scene: Any, shot: strips.Shot, stage: str, output: str) -> protocol.Job:
-    """The engine job for `shot` with the scene's settings; validated as the engine will."""
+def build_job(
+    scene: Any, shot: strips.Shot, stage: str, output: str, matte: list[str] | None = None
+) -> protocol.Job:
+    """The engine job for `shot` with the scene's settings (and `matte`, one file per frame, from
+    :func:`matte_plan`); validated as the engine will."""
     s = scene.tokenflow
     job = protocol.Job(
         frames=list(shot.frames),
@@ -114,6 +119,12 @@ def build_job(scene: Any, shot: strips.Shot, stage: str, output: str) -> protoco
         size=max(64, round(s.size / 64) * 64),
         chunk_size=s.chunk_size,
         evaluate=bool(s.evaluate) and stage == protocol.STAGE_PROPAGATE,
+        colorspace=shot.config_colorspace or shot.colorspace,
+        ocio_config=shot.ocio_config,
+        matte=list(matte or []),
+        matte_channel=s.matte_channel,
+        matte_invert=bool(s.matte_invert),
+        matte_feather=round(s.matte_feather, 3),
     )
     try:
         job.validate()
@@ -168,7 +179,11 @@ def start_edit(context: Any, stage: str) -> controller.ProcessTask:
         raise UserError(problem)
     parent = output_parent(scene)
     output = planning.output_folder(parent, shot.name, scene.tokenflow.prompt, stage)
-    job = build_job(scene, shot, stage, output)
+    job = build_job(scene, shot, stage, output)  # the settings, checked before the matte
+    matte = matte_plan(scene, shot, output)
+    if matte is not None:
+        job = build_job(scene, shot, stage, output, matte.paths)
+    matte_dir = mattes.matte_folder(jobs_dir(), output)
     try:
         os.makedirs(parent, exist_ok=True)
         folder = jobs_dir()
@@ -177,6 +192,7 @@ def start_edit(context: Any, stage: str) -> controller.ProcessTask:
         with open(job_path, "w", encoding="utf-8") as fh:
             fh.write(job.to_json())
     except OSError as exc:
+        shutil.rmtree(matte_dir, ignore_errors=True)
         raise UserError(f"cannot write the job: {exc}") from exc
     root = engine_env.extension_root()
     task = controller.ProcessTask(
@@ -189,9 +205,13 @@ def start_edit(context: Any, stage: str) -> controller.ProcessTask:
         pid_dir=pid_dir(),
         on_event=_on_edit_event,
         on_finish=_on_edit_finish,
+        prepare=matte.render.step if matte is not None and matte.render is not None else None,
+        prepare_label="Matte",
         context={
             **result_context(scene, shot, job.prompt, stage),
             "job_path": job_path,
+            "matte_dir": matte_dir,
+            "matte": matte,
             "started": time.time(),
         },
     )
@@ -210,11 +230,29 @@ def start_edit(context: Any, stage: str) -> controller.ProcessTask:
     return task
 
 
+def matte_plan(scene: Any, shot: strips.Shot, output: str) -> mattes.Matte | None:
+    """The scene's matte for `shot` (None without one): a file per frame, rendered ones beside the
+    job by the edit task before the engine starts. Raise UserError before any work."""
+    name = scene.tokenflow.matte.strip()
+    if not name:
+        return None
+    try:
+        return mattes.plan(
+            scene, shot, name, mattes.matte_folder(jobs_dir(), output), scene.tokenflow.matte_channel
+        )
+    except mattes.MatteError as exc:
+        raise UserError(str(exc)) from exc
+
+
 def _on_edit_event(task: controller.ProcessTask, event: dict[str, Any]) -> None:
     _show(task)
 
 
 def _on_edit_finish(task: controller.ProcessTask) -> None:
+    matte = task.context.get("matte")
+    if matte is not None and matte.render is not None:  # rendered matte frames served this run only
+        matte.render.close()
+        shutil.rmtree(task.context["matte_dir"], ignore_errors=True)
     st = state()
     try:
         if task.state == controller.DONE:
@@ -409,7 +447,7 @@ def ensure_timer() -> None:
 def _on_load_pre(*_args: Any) -> None:
     """A job's result belongs to the file it started in: opening another file cancels an engine
     run and stops watching a farm job (the job itself carries on on the farm)."""
-    for slot in (SLOT_EDIT, SLOT_FARM):
+    for slot in (SLOT_EDIT, SLOT_FARM, SLOT_CONVERT):
         task = controller.running(slot)
         if task is not None:
             task.on_event = task.on_finish = None

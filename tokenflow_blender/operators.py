@@ -12,7 +12,7 @@ import bpy
 from bpy.props import StringProperty
 
 from ..engine import protocol
-from . import compat, controller, farm_jobs, jobs, preferences
+from . import compat, controller, convert, farm_jobs, jobs, preferences
 
 LOG_TEXT = "TokenFlow Log"
 
@@ -202,6 +202,45 @@ class PREFERENCES_OT_tokenflow_check_engine(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class SEQUENCER_OT_tokenflow_convert_movie(bpy.types.Operator):
+    """Render the active movie strip's visible frames (trims, offsets, speed, colour space as the
+    timeline shows them) to a new folder of PNG frames under Output, and add them as an image strip
+    above it. The movie and its strip are not changed"""
+
+    bl_idname = "sequencer.tokenflow_convert_movie"
+    bl_label = "Convert to Image Sequence"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return compat.scene_of(context) is not None and controller.running(jobs.SLOT_CONVERT) is None
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            task = convert.start(context)
+        except (convert.ConvertError, ValueError, OSError) as exc:
+            return _fail(self, str(exc))
+        self.report({"INFO"}, f"Converting '{task.source}': {len(task.frames)} frames")
+        return {"FINISHED"}
+
+
+class SEQUENCER_OT_tokenflow_cancel_convert(bpy.types.Operator):
+    """Stop converting the movie strip; nothing is added and the frames written so far are removed"""
+
+    bl_idname = "sequencer.tokenflow_cancel_convert"
+    bl_label = "Cancel Conversion"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return controller.running(jobs.SLOT_CONVERT) is not None
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        convert.cancel()
+        self.report({"INFO"}, "Conversion cancelled")
+        return {"FINISHED"}
+
+
 classes = (
     SEQUENCER_OT_tokenflow_preview,
     SEQUENCER_OT_tokenflow_propagate,
@@ -212,5 +251,7 @@ classes = (
     PREFERENCES_OT_tokenflow_install_engine,
     PREFERENCES_OT_tokenflow_cancel_install,
     PREFERENCES_OT_tokenflow_check_engine,
+    SEQUENCER_OT_tokenflow_convert_movie,
+    SEQUENCER_OT_tokenflow_cancel_convert,
 )
 register, unregister = bpy.utils.register_classes_factory(classes)

@@ -151,6 +151,37 @@ class TokenFlowSettings(bpy.types.PropertyGroup):
         subtype="DIR_PATH",
         options=BLEND_RELATIVE,
     )
+    # Matte: another strip of the sequencer that limits the edit (issue 10)
+    matte: StringProperty(
+        name="Matte",
+        description="A strip that limits the edit to where it is white: a Mask strip drawn in the mask "
+        "editor, or an image or movie strip read through its alpha or luminance. It must cover every "
+        "frame of the source. Empty edits the whole frame",
+        default="",
+    )
+    matte_channel: EnumProperty(
+        name="Matte Channel",
+        items=(
+            ("auto", "Auto", "The alpha channel when the matte's files have one, else their luminance"),
+            ("alpha", "Alpha", "The matte's alpha channel"),
+            ("luminance", "Luminance", "The matte's luminance (white edits, black keeps the source)"),
+        ),
+        default=DEFAULTS.matte_channel,
+    )
+    matte_invert: BoolProperty(
+        name="Invert Matte",
+        description="Edit where the matte is black instead of where it is white",
+        default=DEFAULTS.matte_invert,
+    )
+    matte_feather: FloatProperty(
+        name="Feather",
+        description="Soften the matte's edge by this many pixels (at the source size)",
+        default=DEFAULTS.matte_feather,
+        min=0.0,
+        max=1000.0,
+        soft_max=100.0,
+        subtype="PIXEL",
+    )
 
 
 class TokenFlowJobState(bpy.types.PropertyGroup):

@@ -14,15 +14,14 @@ from typing import Any
 
 import bpy
 
-from . import compat, imageinfo, planning
+from . import colour, compat, imageinfo, planning
 
 MARKER_PREFIX = "TF key"
 
 MOVIE_MESSAGE = (
-    "'{name}' is a movie strip. TokenFlow edits image sequences: render the movie to PNG frames "
-    "(a scene with only this strip, Output Properties: File Format PNG, Render > Render Animation, or "
-    "`ffmpeg -i movie.mp4 frames/frame_%04d.png`), add them with Add > Image/Sequence and run TokenFlow "
-    "on that strip"
+    "'{name}' is a movie strip. TokenFlow edits image sequences: press Convert to Image Sequence in the "
+    "TokenFlow panel (Blender renders the strip's visible frames to PNG and adds them as an image strip "
+    "above, made active), then run TokenFlow on that strip"
 )
 TYPE_MESSAGES = {
     "COLOR": "'{name}' is a colour strip: it has no frames to edit; select an image-sequence strip",
@@ -49,9 +48,11 @@ class Shot:
     frames: list[str]  # absolute file paths, one per visible timeline frame, in order
     start: int  # frame_final_start
     channel: int
-    colorspace: str
+    colorspace: str  # the strip's colour space as Blender names it (the result strip gets the same)
     width: int
     height: int
+    config_colorspace: str = ""  # the same colour space as the OCIO config names it (sent to the engine)
+    ocio_config: str = ""  # the config Blender uses
 
     @property
     def end(self) -> int:
@@ -85,10 +86,17 @@ def read_shot(strip: Any) -> Shot:
         )
         raise SourceError(template.format(name=strip.name, kind=kind.lower()))
     colorspace = strip.colorspace_settings.name
-    if not planning.is_display_referred(colorspace):
+    config_path = ocio_config()
+    try:
+        config = colour.load_config(config_path)
+        config_colorspace = config.resolve(colorspace)
+    except colour.ColourError as exc:
+        raise SourceError(f"'{strip.name}': {exc}") from exc
+    if config_colorspace in config.data:
         raise SourceError(
-            f"'{strip.name}' is read as {colorspace!r} (linear / data); the model needs display-referred "
-            f"sRGB frames: {imageinfo.HOW_TO_CONVERT}"
+            f"'{strip.name}' is read as {colorspace!r}, which holds data, not colour (normals, depth, "
+            "mattes); if the frames are a picture, set the strip's Source > Color Space to the one they "
+            "were written in"
         )
     frames = visible_frames(strip)
     try:
@@ -103,7 +111,14 @@ def read_shot(strip: Any) -> Shot:
         colorspace=colorspace,
         width=info.width,
         height=info.height,
+        config_colorspace=config_colorspace,
+        ocio_config=config_path,
     )
+
+
+def ocio_config() -> str:
+    """The OCIO config Blender uses: `$OCIO` when set, else the one bundled with this Blender."""
+    return colour.config_path(os.environ, bpy.utils.resource_path("LOCAL"))
 
 
 def occupied(scene: Any) -> list[planning.Span]:

@@ -29,6 +29,7 @@ class SEQUENCER_PT_tokenflow(_TokenFlowPanel, bpy.types.Panel):
 
         col = layout.column(align=True)
         col.label(text=f"Strip: {strip.name}" if strip else "Strip: none selected", icon="SEQUENCE")
+        _draw_convert(layout, strip)
         col = layout.column()
         col.prop(settings, "prompt")
         col.prop(settings, "negative_prompt")
@@ -129,6 +130,49 @@ class SEQUENCER_PT_tokenflow_farm(_TokenFlowPanel, bpy.types.Panel):
         layout.label(text="Frames and Output must be on shared storage", icon="INFO")
 
 
+class SEQUENCER_PT_tokenflow_matte(_TokenFlowPanel, bpy.types.Panel):
+    """The matte that limits the edit: another strip, its channel, invert and feather."""
+
+    bl_label = "Matte"
+    bl_parent_id = "SEQUENCER_PT_tokenflow"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        scene = compat.scene_of(context)
+        settings = scene.tokenflow
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        ed = scene.sequence_editor
+        if ed is not None:
+            collection = "strips_all" if hasattr(ed, "strips_all") else "sequences_all"
+            layout.prop_search(settings, "matte", ed, collection, icon="MOD_MASK")
+        else:
+            layout.prop(settings, "matte")
+        col = layout.column()
+        col.active = bool(settings.matte.strip())
+        col.prop(settings, "matte_channel")
+        col.prop(settings, "matte_invert")
+        col.prop(settings, "matte_feather")
+
+
+def _draw_convert(layout: bpy.types.UILayout, strip: object) -> None:
+    """Convert to Image Sequence: offered for a movie strip, with progress and cancel while it runs."""
+    task = controller.get(jobs.SLOT_CONVERT)
+    if task is not None and task.running:
+        box = layout.box()
+        box.progress(factor=task.progress, type="BAR", text=task.message[:120])
+        box.operator("sequencer.tokenflow_cancel_convert", icon="CANCEL")
+        return
+    if strip is not None and getattr(strip, "type", "") in ("MOVIE", "MOVIECLIP"):
+        box = layout.box()
+        box.label(text="TokenFlow edits image sequences", icon="INFO")
+        box.operator("sequencer.tokenflow_convert_movie", icon="RENDER_ANIMATION")
+    if task is not None and task.message:
+        icon = {"DONE": "CHECKMARK", "ERROR": "ERROR"}.get(task.state, "INFO")
+        layout.label(text=task.message[:160], icon=icon)
+
+
 def _wrap(text: str, width: int) -> list[str]:
     """Word-wrap a message for labels (a label does not wrap by itself)."""
     lines: list[str] = []
@@ -144,5 +188,10 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines
 
 
-classes = (SEQUENCER_PT_tokenflow, SEQUENCER_PT_tokenflow_settings, SEQUENCER_PT_tokenflow_farm)
+classes = (
+    SEQUENCER_PT_tokenflow,
+    SEQUENCER_PT_tokenflow_settings,
+    SEQUENCER_PT_tokenflow_farm,
+    SEQUENCER_PT_tokenflow_matte,
+)
 register, unregister = bpy.utils.register_classes_factory(classes)
