@@ -16,6 +16,9 @@ import OpenImageIO as oiio
 
 from .errors import BadInput
 
+# As for OpenCV in frames.py: image work is light next to the model's, keep it off torch's cores.
+oiio.attribute("threads", 1)
+
 SUFFIXES = (".exr",)
 
 
