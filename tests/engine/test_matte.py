@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -198,3 +199,37 @@ def test_cli_matte_folder_of_another_frame_count_is_refused(city16, tmp_path):
     assert result.returncode == protocol.EXIT_BAD_INPUT
     (error,) = cli_events(result.stdout)
     assert "'matte' has 3 frames but the shot has 4" in error["message"]
+
+
+def test_cli_edits_an_exr_plate_inside_a_matte(tiny_model_dir, city16, tmp_path):
+    """`edit` end to end: five frames from an odd start, ACEScg half EXR with alpha and a data
+    window, an inverted luminance matte with feather; EXR out, untouched outside the matte."""
+    plates = exr_plates.make_plates(
+        city16[5:10], tmp_path / "plate", "ACEScg", alpha=True, data_window=(0, 2, 128, 68), highlight=3.0
+    )
+    inverse = write_mattes(tmp_path / "roto", 5)  # a white box; below a black box on white
+    for path in inverse:
+        cv2.imwrite(path, 255 - cv2.imread(path, cv2.IMREAD_GRAYSCALE))
+    result = run_cli(
+        "edit", "--frames", str(tmp_path / "plate"), "--prompt", "a watercolor painting",
+        "--out", str(tmp_path / "out"), "--model", str(tiny_model_dir), "--steps", "3", "--size", "64",
+        "--keyframe-stride", "2", "--cache-dir", str(tmp_path / "cache"),
+        "--colorspace", "ACEScg", "--ocio-config", exr_plates.CONFIG,
+        "--matte", str(tmp_path / "roto"), "--matte-channel", "luminance", "--matte-invert",
+        "--matte-feather", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    done = cli_events(result.stdout)[-1]
+    assert [Path(f).name for f in done["files"]] == [p.name for p in plates]
+    for i, (source, written) in enumerate(zip(plates, done["files"], strict=True)):
+        src_spec, src = exr_plates.read(source)
+        out_spec, out = exr_plates.read(Path(written))
+        assert (out_spec.y, out_spec.height, out_spec.channelnames) == (2, 68, ("R", "G", "B", "A"))
+        outside = far_from_box(i, 3)[2:70]  # the data window's rows
+        assert np.array_equal(out[outside], src[outside])
+        x0, y0, x1, y1 = BOX
+        box = (slice(y0 - 2, y1 - 2), slice(x0 + i, x1 + i))  # in data-window rows
+        assert not np.array_equal(out[box], src[box])
+    manifest = json.loads((tmp_path / "out" / "tokenflow.json").read_text())
+    assert manifest["matte"]["invert"] is True and manifest["matte"]["channel"] == "luminance"
+    assert manifest["colour"]["colorspace"] == "ACEScg"
