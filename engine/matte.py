@@ -37,18 +37,13 @@ class Matte:
         path = self.paths[index]
         hints = oiio.ImageSpec()
         hints.attribute("oiio:UnassociatedAlpha", 1)  # colour as stored, not multiplied by alpha
-        inp = oiio.ImageInput.open(str(path), hints)
-        if inp is None:
-            raise BadInput(f"matte {path} could not be read ({oiio.geterror()}); export it as PNG or EXR")
-        try:
-            spec = inp.spec()
-            pixels = inp.read_image(0, 0, 0, spec.nchannels, oiio.FLOAT)
-            alpha = spec.alpha_channel
-        finally:
-            inp.close()
-        if pixels is None:
-            raise BadInput(f"matte {path} could not be decoded; re-export it")
-        pixels = np.asarray(pixels, np.float32).reshape(spec.height, spec.width, spec.nchannels)
+        buf = oiio.ImageBuf(str(path), 0, 0, hints)
+        pixels = None if buf.has_error else buf.get_pixels(oiio.FLOAT, buf.roi_full)  # display window
+        if pixels is None or buf.has_error:
+            raise BadInput(f"matte {path} could not be read ({buf.geterror()}); export it as PNG or EXR")
+        spec = buf.spec()
+        alpha = spec.alpha_channel
+        pixels = np.asarray(pixels, np.float32).reshape(spec.full_height, spec.full_width, spec.nchannels)
         use_alpha = self.channel == "alpha" or (self.channel == "auto" and alpha >= 0)
         if use_alpha:
             if alpha < 0:

@@ -12,6 +12,8 @@ import torch
 
 from engine import protocol
 from engine.editing import Editor, EditSettings, Prompts
+from engine.errors import BadInput
+from engine.matte import Matte
 from tests import exr_plates
 from tests.engine.conftest import cli_events, run_cli, run_in_process
 
@@ -233,3 +235,29 @@ def test_cli_edits_an_exr_plate_inside_a_matte(tiny_model_dir, city16, tmp_path)
     manifest = json.loads((tmp_path / "out" / "tokenflow.json").read_text())
     assert manifest["matte"]["invert"] is True and manifest["matte"]["channel"] == "luminance"
     assert manifest["colour"]["colorspace"] == "ACEScg"
+
+
+def test_exr_matte_reads_its_display_window_and_channels(tmp_path):
+    """An EXR matte with a data window: placed in its display window; auto takes alpha."""
+    spec = exr_plates.oiio.ImageSpec(40, 20, 4, exr_plates.oiio.HALF)
+    spec.x, spec.y = 30, 10
+    spec.full_x, spec.full_y, spec.full_width, spec.full_height = 0, 0, 128, 72
+    pixels = np.zeros((20, 40, 4), np.float32)
+    pixels[..., 3] = 1.0  # alpha: the whole data window
+    pixels[:, :10, :3] = 0.5  # colour: only its left quarter
+    path = tmp_path / "matte.exr"
+    out = exr_plates.oiio.ImageOutput.create(str(path))
+    assert out.open(str(path), spec) and out.write_image(pixels)
+    out.close()
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"not an image")
+    alpha = Matte([str(path)], "auto", False, 0.0).raw(0)
+    assert alpha.shape == (72, 128)
+    expected = np.zeros((72, 128), np.float32)
+    expected[10:30, 30:70] = 1.0
+    assert np.array_equal(alpha, expected)
+    luma = Matte([str(path)], "luminance", True, 0.0).raw(0)
+    assert np.allclose(luma[10:30, 30:40], 0.5, atol=1e-3)  # inverted luminance of 0.5 grey
+    assert np.array_equal(luma[10:30, 40:70], np.ones((20, 30)))  # inverted black
+    with pytest.raises(BadInput, match="garbage.png could not be read"):
+        Matte([str(garbage)], "auto", False, 0.0).raw(0)
