@@ -233,3 +233,12 @@ def test_evaluate_on_exr_plates_is_refused(city16, tmp_path):
     )
     assert code == protocol.EXIT_BAD_INPUT
     refused(events, "evaluate", "EXR")
+
+
+def test_evaluate_command_refuses_exr_folders(city16, tmp_path):
+    from engine.errors import BadInput
+    from engine.evaluate import list_frames
+
+    exr_plates.make_plates(city16[:1], tmp_path / "plate")
+    with pytest.raises(BadInput, match="EXR plates"):
+        list_frames(tmp_path / "plate", "source")
