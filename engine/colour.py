@@ -104,7 +104,7 @@ class Colour:
         self.identity = self.data or (forward.isNoOp() and backward.isNoOp())
         self._forward = forward.getOptimizedCPUProcessor(OCIO.OPTIMIZATION_LOSSLESS)
         self._backward = backward.getOptimizedCPUProcessor(OCIO.OPTIMIZATION_LOSSLESS)
-        self.identity_key = hashlib.sha256(
+        self.key = hashlib.sha256(  # what the inversion cache must tell apart (frames.Frame.cache_key)
             f"{config.getCacheID()}|{self.colorspace}|{self.working}".encode()
         ).hexdigest()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import colour as colours
 from . import frames, plates
@@ -47,7 +48,7 @@ class Delivery:
             self.matte.check(shot.size, len(shot))
         if self.colour is not None and not self.colour.identity:
             for frame in shot.frames:
-                frame.colour_key = self.colour.identity_key  # the model sees converted pixels
+                frame.colour_key = self.colour.key  # the model sees converted pixels
 
     def model_input(self, frame: frames.Frame) -> np.ndarray:
         """The frame as the model sees it: working sRGB in [0, 1] (H x W x 3 float32)."""
@@ -56,7 +57,7 @@ class Delivery:
             return image
         return colours.model_input(self.colour.to_working(image))
 
-    def latent_matte(self, count: int, size: tuple[int, int], factor: int):
+    def latent_matte(self, count: int, size: tuple[int, int], factor: int) -> torch.Tensor | None:
         """The mattes on the latent grid of working size `size` (see matte.Matte.latents), or None."""
         if self.matte is None:
             return None
