@@ -100,6 +100,53 @@ def _frames_in(folder: str) -> list[str]:
     return [str(p) for p in sorted(path.iterdir()) if p.suffix.lower() in SUPPORTED and p.is_file()]
 
 
+def _add_plate_options(parser: argparse.ArgumentParser) -> None:
+    """`edit`'s colour-space and matte flags (the job's colorspace, ocio_config and matte fields)."""
+    group = parser.add_argument_group("colour and matte")
+    group.add_argument(
+        "--colorspace",
+        default="",
+        help="the frames' colour space in the OCIO config (e.g. ACEScg for an EXR plate); empty: sRGB files",
+    )
+    group.add_argument("--ocio-config", default="", help="the OCIO config (default: $OCIO)")
+    group.add_argument(
+        "--matte",
+        default="",
+        metavar="DIR",
+        help="folder of matte images, one per frame in name order: "
+        "the edit is limited to where they are white",
+    )
+    group.add_argument(
+        "--matte-channel",
+        default="auto",
+        choices=protocol.MATTE_CHANNELS,
+        help="auto: alpha if the matte has one, else luminance",
+    )
+    group.add_argument("--matte-invert", action="store_true", help="edit where the matte is black")
+    group.add_argument(
+        "--matte-feather", type=float, default=0.0, help="soft matte edge, in source pixels (default: 0)"
+    )
+
+
+def _plate_fields(args: argparse.Namespace) -> dict:
+    from .frames import SUPPORTED
+
+    matte: list[str] = []
+    if args.matte:
+        folder = Path(args.matte)
+        if not folder.is_dir():
+            raise protocol.JobError(f"--matte {args.matte} is not a folder of matte images")
+        matte = [str(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in SUPPORTED and p.is_file()]
+    return {
+        "colorspace": args.colorspace,
+        "ocio_config": args.ocio_config,
+        "matte": matte,
+        "matte_channel": args.matte_channel,
+        "matte_invert": args.matte_invert,
+        "matte_feather": args.matte_feather,
+    }
+
+
 def _fail(kind: str, message: str) -> int:
     print(protocol.event_line(protocol.EVENT_ERROR, kind=kind, message=message), flush=True)
     return protocol.EXIT_CODES[kind]
@@ -153,6 +200,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_edit(args: argparse.Namespace) -> int:
     try:
         values = {name: getattr(args, name) for name in OPTION_HELP}
+        values.update(_plate_fields(args))
         job = protocol.Job(frames=_frames_in(args.frames), output=args.out, prompt=args.prompt, **values)
         if args.model_config:
             job.extra["model_config"] = args.model_config
@@ -245,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     # No ArgumentDefaultsHelpFormatter: the job options name their defaults in their own help text.
     edit = sub.add_parser("edit", help="edit a folder of frames")
     edit.add_argument(
-        "--frames", required=True, help="folder of frames (PNG, JPEG, TIFF; 8/16-bit), in name order"
+        "--frames",
+        required=True,
+        help="folder of frames (PNG, JPEG, TIFF at 8/16 bits; EXR with --colorspace), in name order",
     )
     edit.add_argument("--prompt", required=True, help="what the edited shot should look like")
     edit.add_argument("--out", required=True, help="output folder; must not exist (written atomically)")
@@ -262,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="produce only frames START..END-1 (a farm chunk; multiples of the keyframe stride)",
     )
     _add_job_options(edit)
+    _add_plate_options(edit)
     edit.set_defaults(func=cmd_edit)
 
     merge = sub.add_parser(

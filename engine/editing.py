@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from diffusers import DDIMScheduler
 
-from . import attention, keyframes
+from . import attention, keyframes, matte
 from .finite import require_finite
 from .models import Model
 
@@ -95,6 +95,8 @@ class Editor:
         self.scheduler = DDIMScheduler.from_config(model.scheduler_config, clip_sample=False)
         self.scheduler.set_timesteps(settings.steps)
         self.timesteps = edit_timesteps(model, settings)
+        # (N, 1, h, w) on the latent grid, or None: outside it the latents follow the source's.
+        self.matte: torch.Tensor | None = None
 
     # -- one UNet call on [source, negative, positive] copies of n frames ----------------------
     def _guided_eps(self, src: torch.Tensor, x: torch.Tensor, t: int) -> torch.Tensor:
@@ -159,6 +161,8 @@ class Editor:
         for step, t in enumerate(self.timesteps):
             cancelled()
             src = self.source(t)
+            if self.matte is not None and step:
+                x = matte.limit(x, src, self.matte)
             keys = self._keyframes(n_frames, step, preview)
             state.begin_step(step, inject_qk=step < n_qk, inject_conv=step < n_conv, n_keyframes=len(keys))
             if s.method == "per-frame":

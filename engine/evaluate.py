@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from . import metrics, protocol
+from . import metrics, plates, protocol
 from .errors import BadInput
 from .frames import SUPPORTED, decode_image
 
@@ -53,6 +53,8 @@ def list_frames(folder: str | Path, role: str) -> list[Path]:
     if not path.is_dir():
         raise BadInput(f"--{role} {path} is a file; give the folder that holds the frames")
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED)
+    if any(plates.is_plate(p) for p in files):
+        raise BadInput(f"the {role} folder {path} holds EXR plates; evaluate measures 8/16-bit sRGB frames")
     if not files:
         raise BadInput(
             f"the {role} folder {path} holds no frames ({', '.join(SUPPORTED)}); "

@@ -15,13 +15,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from . import plates
 from .errors import BadInput
 
 # OpenCV's own thread pool fights torch's OpenMP threads for the cores (spinning waits can make a
 # step ten times slower on a small machine); the image work here is light, so keep it on one thread.
 cv2.setNumThreads(1)
 
-SUPPORTED = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+SUPPORTED = (".png", ".jpg", ".jpeg", ".tif", ".tiff", *plates.SUFFIXES)
 MULTIPLE = 64
 
 
@@ -32,12 +33,21 @@ class Frame:
 
     path: Path
     digest: str  # sha256 of the file's bytes: the inversion cache key
-    bit_depth: int  # 8 or 16
+    bit_depth: int  # 8 or 16 (EXR plates: 16 for half, 32 for float)
     width: int
     height: int
+    colour_key: str = ""  # set when the model sees colour-converted pixels (delivery.py)
+
+    @property
+    def cache_key(self) -> str:
+        """The inversion cache key: the file's bytes, and the colour conversion the model sees."""
+        if not self.colour_key:
+            return self.digest
+        return hashlib.sha256(f"{self.digest}|{self.colour_key}".encode()).hexdigest()
 
     def load(self) -> np.ndarray:
-        """The frame as H x W x 3 RGB float32 in [0, 1], checked against the bytes read at the start."""
+        """The frame as H x W x 3 RGB float32 in [0, 1] (EXR plates: their values, unclipped),
+        checked against the bytes read at the start."""
         try:
             data = self.path.read_bytes()
         except OSError as exc:
@@ -63,6 +73,9 @@ class Shot:
 
 
 def decode_image(path: Path, data: bytes) -> tuple[np.ndarray, int]:
+    if plates.is_plate(path):
+        plate = plates.read(path)
+        return plate.display_rgb(), plate.bit_depth
     raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if raw is None:
         raise BadInput(f"{path} could not be decoded as an image; re-export it as PNG, JPEG or TIFF")
@@ -72,8 +85,8 @@ def decode_image(path: Path, data: bytes) -> tuple[np.ndarray, int]:
         depth, scale = 16, 65535.0
     else:
         raise BadInput(
-            f"{path} holds {raw.dtype} pixels (float / linear data); render or convert it to 8- or 16-bit "
-            "sRGB PNG first"
+            f"{path} holds {raw.dtype} pixels (float / linear data); write float frames as OpenEXR "
+            "(with their colour space), or convert them to 8- or 16-bit sRGB PNG"
         )
     if raw.ndim == 2:
         raw = cv2.cvtColor(raw, cv2.COLOR_GRAY2BGR)
@@ -145,8 +158,8 @@ def to_source(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def result_name(source: Path) -> str:
-    """Results keep the source's file name, as PNG."""
-    return source.stem + ".png"
+    """Results keep the source's file name, as PNG (EXR plates as EXR)."""
+    return source.stem + (".exr" if plates.is_plate(source) else ".png")
 
 
 def write_png(path: Path, image: np.ndarray, bit_depth: int) -> None:

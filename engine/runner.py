@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import devices, frames, protocol
+from . import delivery, devices, frames, protocol
 from .editing import Editor, EditSettings, Prompts, decode_chunks, edit_timesteps, injection_steps
 from .errors import BadInput, EngineError, OutOfMemory, is_out_of_memory
 from .events import CancelToken, Emitter, Progress
@@ -93,8 +93,10 @@ class Run:
         job = self.job
         invert_only = job.stage == protocol.STAGE_INVERT
         dest = None if invert_only else check_output(job.output)
+        self.delivery = delivery.from_job(job)  # colour space and matte, refused before any work
         self.progress.stage("read")
         shot = frames.read_shot(job.frames)
+        self.delivery.check(shot, job.evaluate)
         if job.frame_range and job.frame_range[1] > len(shot):
             raise BadInput(f"frame_range {job.frame_range} runs past the shot's {len(shot)} frames")
         self.cancel.check()
@@ -131,6 +133,7 @@ class Run:
                 "stats": self.stats,
                 "metrics": None,
             }
+        editor.matte = self.delivery.latent_matte(len(shot), size, model.vae_factor)
         self._plan_edit(settings, editor, len(shot), preview)
         result = editor.run(preview=preview, cancelled=self.cancel.check)
         self.emit(protocol.EVENT_KEYFRAMES, indices=result.keyframes)
@@ -160,7 +163,7 @@ class Run:
         wanted = sorted(edit_timesteps(model, EditSettings(steps=job.steps)))
         h, w = size[1] // model.vae_factor, size[0] // model.vae_factor
         shape = (len(wanted), 4, h, w)
-        found = {i: cache.get(inv, shot.frames[i].digest, wanted, shape) for i in needed}
+        found = {i: cache.get(inv, shot.frames[i].cache_key, wanted, shape) for i in needed}
         missing = [i for i in needed if found[i] is None]
         self.stats["cache_hits"] = len(needed) - len(missing)
         self.stats["cache_misses"] = len(missing)
@@ -171,7 +174,9 @@ class Run:
             for start in range(0, len(missing), job.chunk_size):
                 self.cancel.check()
                 chunk = missing[start : start + job.chunk_size]
-                images = _to_tensor([frames.to_working(shot.frames[i].load(), size) for i in chunk])
+                images = _to_tensor(
+                    [frames.to_working(self.delivery.model_input(shot.frames[i]), size) for i in chunk]
+                )
                 clean = encode(model, images)
 
                 def on_call(n: int = len(chunk)) -> None:
@@ -184,7 +189,7 @@ class Run:
                     raise EngineError(f"inversion timesteps {timesteps[:3]}... differ from the edit's")
                 for j, i in enumerate(chunk):
                     found[i] = latents[:, j].contiguous()  # a plain layout, as a cache load gives
-                    cache.put(inv, shot.frames[i].digest, timesteps, found[i])
+                    cache.put(inv, shot.frames[i].cache_key, timesteps, found[i])
             self.stats["cache_writes_failed"] = cache.writes_failed
         stacked = torch.zeros(len(wanted), len(shot), 4, h, w)  # (T, N, 4, h, w)
         for i, latents in found.items():
@@ -225,10 +230,7 @@ class Run:
             # Decoded a few at a time and written at once: full-size images never pile up in memory.
             for k, (i, image) in enumerate(zip(produced, decode_chunks(model, latents), strict=True)):
                 self.cancel.check()
-                frame = shot.frames[i]
-                rgb = frames.to_source(image.permute(1, 2, 0).numpy(), shot.size)
-                name = frames.result_name(frame.path)
-                frames.write_png(tmp / name, rgb, frame.bit_depth)
+                name = self.delivery.write(tmp, shot.frames[i], i, image.permute(1, 2, 0).numpy())
                 names.append(name)
                 self.progress.stage("write", k + 1, len(produced))
             metrics = self._evaluate(shot, tmp, produced) if job.evaluate and not preview else None
@@ -244,6 +246,7 @@ class Run:
                 "job": job.to_dict(),
                 "stats": self.stats,
                 "metrics": metrics,
+                **self.delivery.describe(),
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
             self.cancel.check()
