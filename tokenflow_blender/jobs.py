@@ -18,7 +18,7 @@ from typing import Any
 import bpy
 
 from ..engine import protocol
-from . import compat, controller, engine_env, planning, preferences, strips
+from . import compat, controller, engine_env, planning, preferences, strips, takes
 
 SLOT_EDIT, SLOT_INSTALL, SLOT_CHECK, SLOT_FARM = "edit", "install", "check", "farm"
 TIMER_INTERVAL = 0.2
@@ -147,9 +147,12 @@ def result_context(scene: Any, shot: strips.Shot, prompt: str, stage: str) -> di
     }
 
 
-def start_edit(context: Any, stage: str) -> controller.ProcessTask:
+def start_edit(
+    context: Any, stage: str, variations: list[dict[str, Any]] | None = None
+) -> controller.ProcessTask:
     """Check the active strip and the settings, then start the engine. Raise UserError before
-    anything is launched or written when something is wrong."""
+    anything is launched or written when something is wrong. `variations` (Preview Variations, see
+    :mod:`.takes_ops`) runs several previews in one engine run."""
     if controller.running(SLOT_EDIT):
         raise UserError("a TokenFlow job is already running; cancel it or wait for it to finish")
     scene = compat.scene_of(context)
@@ -169,6 +172,13 @@ def start_edit(context: Any, stage: str) -> controller.ProcessTask:
     parent = output_parent(scene)
     output = planning.output_folder(parent, shot.name, scene.tokenflow.prompt, stage)
     job = build_job(scene, shot, stage, output)
+    job.extra.update(takes.take_extra(scene.name, shot.name))  # the manifest then describes the take
+    if variations:
+        job.variations = list(variations)
+        try:
+            job.validate()
+        except protocol.JobError as exc:
+            raise UserError(str(exc)) from exc
     try:
         os.makedirs(parent, exist_ok=True)
         folder = jobs_dir()
@@ -218,7 +228,7 @@ def _on_edit_finish(task: controller.ProcessTask) -> None:
     st = state()
     try:
         if task.state == controller.DONE:
-            task.message = apply_result(task.context, task.result or {}, task.output)
+            task.message = _apply_take(task.context, task.result or {}, task.output)
         elif task.state == controller.ERROR:
             st.error = task.message or "the engine failed without a message; see the log"
     except Exception as exc:  # a failure here must not leave the panel claiming success
@@ -227,6 +237,24 @@ def _on_edit_finish(task: controller.ProcessTask) -> None:
     if task.state == controller.CANCELLED:
         task.message = "Cancelled: nothing was added"
     _show(task)
+
+
+def _apply_take(ctx: dict[str, Any], done: dict[str, Any], output: str) -> str:
+    """Add a result (or each of a variations run's previews, stacked above the source) and list it
+    as a take."""
+    from . import takes_ops
+
+    variations = done.get("variations") or []
+    if variations:
+        for v in variations:
+            apply_result({**ctx, "prompt": v.get("prompt", ctx["prompt"])}, v, v["output"])
+        message = f"{len(variations)} variations added above '{ctx['source']}'"
+        folders = [v["output"] for v in variations]
+    else:
+        message = apply_result(ctx, done, output)
+        folders = [str(done.get("output") or output)]
+    takes_ops.on_result(ctx["scene"], folders)
+    return message
 
 
 def apply_result(ctx: dict[str, Any], done: dict[str, Any], output: str) -> str:
