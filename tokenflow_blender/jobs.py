@@ -170,7 +170,8 @@ def start_edit(
     if problem:
         raise UserError(problem)
     parent = output_parent(scene)
-    output = planning.output_folder(parent, shot.name, scene.tokenflow.prompt, stage)
+    named = "variations" if variations else scene.tokenflow.prompt
+    output = planning.output_folder(parent, shot.name, named, stage)
     job = build_job(scene, shot, stage, output)
     job.extra.update(takes.take_extra(scene.name, shot.name))  # the manifest then describes the take
     if variations:
