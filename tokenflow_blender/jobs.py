@@ -172,6 +172,8 @@ def start_edit(
     parent = output_parent(scene)
     named = "variations" if variations else scene.tokenflow.prompt
     output = planning.output_folder(parent, shot.name, named, stage)
+    if variations:
+        output = takes.variation_base(output, len(variations))
     job = build_job(scene, shot, stage, output)
     job.extra.update(takes.take_extra(scene.name, shot.name))  # the manifest then describes the take
     if variations:

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engine import protocol
+
 MANIFEST = "tokenflow.json"
 PREVIEW, SHOT = "preview", "shot"
 
@@ -321,3 +323,15 @@ def variation_specs(source: str, count: int, seed: int, lines: Iterable[str]) ->
         return [{"seed": seed + i} for i in range(count)]
     prompts = [" ".join(line.split()) for line in lines]
     return [{"prompt": p} for p in dict.fromkeys(p for p in prompts if p)]
+
+
+def variation_base(base: str, count: int) -> str:
+    """An output base whose variation folders (`<base>-v1` ...) are all new: results never overwrite,
+    and the engine refuses a run whose folders exist."""
+    candidate, n = base, 1
+    while os.path.exists(candidate) or any(
+        os.path.exists(protocol.variation_output(candidate, i)) for i in range(count)
+    ):
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate

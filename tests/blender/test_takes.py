@@ -238,6 +238,11 @@ def _ctx_with_strip(scene: Any, strip: Any) -> Any:
 class RowLayout(Layout):
     """The test layout that also records a row's labels as one line (how the UIList row reads)."""
 
+    def _child(self, *args: Any, **kwargs: Any) -> Layout:
+        return type(self)(self.log)
+
+    row = column = box = split = _child
+
     def template_list(self, listtype: str, list_id: str, data: Any, prop: str, active: Any, index: str, **kw):
         ui_list = getattr(bpy.types, listtype)
         scene = data.id_data
@@ -252,9 +257,33 @@ class RowLayout(Layout):
             self.log.append(("row", f"{mark} " + " | ".join(text for _, text in row)))
 
 
-def _draw_rows(name: str, ctx: Any) -> list[tuple[str, str]]:
+class PictureLayout(RowLayout):
+    """Records what a user sees: property labels with their values, operator buttons by their label."""
+
+    def prop(self, data: Any, name: str, text: str | None = None, expand: bool = False, **kw: Any) -> None:
+        rna = data.bl_rna.properties[name]
+        value = getattr(data, name)
+        label = rna.name if text is None else text
+        if expand and rna.type == "ENUM":
+            self.log.append(
+                ("enum", " | ".join(("*" if i.identifier == value else "") + i.name for i in rna.enum_items))
+            )
+            return
+        shown = getattr(value, "name", value) if value is not None else ""
+        if isinstance(shown, float):
+            shown = f"{shown:.2f}"
+        self.log.append(("prop", f"{label}: {shown}" if label else str(shown)))
+
+    def operator(self, idname: str, text: str | None = None, **kw: Any) -> Any:
+        group, op = idname.split(".")
+        label = getattr(getattr(bpy.ops, group), op).get_rna_type().name if text is None else text
+        self.log.append(("operator", label or kw.get("icon", "")))
+        return SimpleNamespace(path="", url="")
+
+
+def _draw_rows(name: str, ctx: Any, layout: type = RowLayout) -> list[tuple[str, str]]:
     log: list[tuple[str, str]] = []
-    getattr(bpy.types, name).draw(SimpleNamespace(layout=RowLayout(log)), ctx)
+    getattr(bpy.types, name).draw(SimpleNamespace(layout=layout(log)), ctx)
     return log
 
 
@@ -264,7 +293,9 @@ def _dump_panel(scene: Any, strip: Any) -> None:
     ctx = _ctx_with_strip(scene, strip)
     out = []
     for name in ("SEQUENCER_PT_tokenflow", "SEQUENCER_PT_tokenflow_takes"):
-        out.append({"panel": getattr(bpy.types, name).bl_label, "items": _draw_rows(name, ctx)})
+        out.append(
+            {"panel": getattr(bpy.types, name).bl_label, "items": _draw_rows(name, ctx, PictureLayout)}
+        )
     path = os.environ.get("TOKENFLOW_PANEL_DUMP")
     if path:
         Path(path).write_text(json.dumps(out, indent=1))

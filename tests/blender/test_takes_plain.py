@@ -171,3 +171,11 @@ def test_variation_specs(takes) -> None:
     assert takes.take_extra("Scene", "city", now=12.5) == {
         "take": {"source": "city", "scene": "Scene", "created": 12.5}
     }
+
+
+def test_variation_base_keeps_clear_of_existing_variation_folders(takes, tmp_path) -> None:
+    base = str(tmp_path / "city-preview-variations-20261125-120000")
+    assert takes.variation_base(base, 2) == base
+    Path(base + "-v2").mkdir()  # an earlier run in the same second wrote its second variation
+    assert takes.variation_base(base, 2) == base + "-2"
+    assert takes.variation_base(base, 1) == base

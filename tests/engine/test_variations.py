@@ -182,3 +182,25 @@ def test_model_loads_once_and_a_cancel_leaves_nothing(model, city16, tmp_path, m
     assert execute(job, Emitter(stream), cancel) == protocol.EXIT_CANCELLED
     assert len(stream.events("preview")) == 2 and stream.events("cancelled")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "v-v1", "v-v2", "v-v3"]
+
+
+def test_edit_command_writes_a_variations_job(city16, tmp_path) -> None:
+    from tests.engine.conftest import run_cli
+
+    job_file = tmp_path / "job.json"
+    args = ["edit", "--frames", str(city16[0].parent), "--prompt", "x", "--out", str(tmp_path / "o")]
+    vary = [
+        "--stage",
+        "preview",
+        "--vary-prompt",
+        "snow",
+        "--vary-prompt",
+        "rain",
+        "--write-job",
+        str(job_file),
+    ]
+    done = run_cli(*args, *vary)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(job_file.read_text())["variations"] == [{"prompt": "snow"}, {"prompt": "rain"}]
+    refused = run_cli(*args, "--vary-seed", "1", "--vary-seed", "2", "--write-job", str(job_file))
+    assert refused.returncode == protocol.EXIT_BAD_INPUT and "stage" in refused.stdout
