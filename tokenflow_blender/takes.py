@@ -141,7 +141,7 @@ def scan(parent: str) -> tuple[list[Take], list[str]]:
         try:
             takes.append(read_take(entry.path))
         except TakeError as exc:
-            notes.append(str(exc))
+            notes.append(f"{entry.name}: {str(exc).removeprefix(entry.path + ': ')}")
     return newest_first(takes), notes
 
 

@@ -91,7 +91,8 @@ class SEQUENCER_PT_tokenflow_takes(_TokenFlowPanel, bpy.types.Panel):
                 row.operator("sequencer.tokenflow_propagate_take", icon="SEQ_SEQUENCER")
             row.operator("sequencer.tokenflow_delete_take", icon="TRASH")
         for note in pg.notes.splitlines()[:3]:
-            layout.label(text=f"Skipped: {note}"[:120], icon="ERROR")
+            for i, part in enumerate(_wrap(f"Skipped: {note}", 48)[:3]):
+                layout.label(text=part, icon="ERROR" if i == 0 else "BLANK1")
 
 
 classes = (SEQUENCER_UL_tokenflow_takes, SEQUENCER_PT_tokenflow_takes)

@@ -276,7 +276,7 @@ class PictureLayout(RowLayout):
 
     def operator(self, idname: str, text: str | None = None, **kw: Any) -> Any:
         group, op = idname.split(".")
-        label = getattr(getattr(bpy.ops, group), op).get_rna_type().name if text is None else text
+        label = text or getattr(getattr(bpy.ops, group), op).get_rna_type().name  # icon-only: its name
         self.log.append(("operator", label or kw.get("icon", "")))
         return SimpleNamespace(path="", url="")
 
@@ -299,3 +299,20 @@ def _dump_panel(scene: Any, strip: Any) -> None:
     path = os.environ.get("TOKENFLOW_PANEL_DUMP")
     if path:
         Path(path).write_text(json.dumps(out, indent=1))
+
+
+def test_panel_before_any_run_and_with_a_damaged_manifest(tf, scene, assets, tmp_path) -> None:
+    """No earlier run: the estimate says 'unknown'. A torn manifest is named under the list, and the
+    panel still draws."""
+    strip = add_image_strip(scene, assets["frames"][:4], name="bikes")
+    scene.tokenflow.output_dir = str(tmp_path) + os.sep
+    scene.tokenflow.model = str(assets["model"])
+    (tmp_path / "bikes-preview-x").mkdir()
+    (tmp_path / "bikes-preview-x" / "tokenflow.json").write_text('{"job": {"prompt": "snow", "sta')
+    assert run_op("sequencer.tokenflow_refresh_takes", scene) == {"FINISHED"}
+    log = _draw_rows("SEQUENCER_PT_tokenflow_takes", _ctx_with_strip(scene, strip))
+    labels = [text for kind, text in log if kind == "label"]
+    assert "Estimate: unknown (no earlier run with this model and working size)" in labels
+    assert any(t.startswith("Skipped: bikes-preview-x: unreadable") for t in labels), labels
+    assert not [text for kind, text in log if kind == "row"]
+    assert "sequencer.tokenflow_restore_take" not in {name for kind, name in log if kind == "operator"}

@@ -76,7 +76,7 @@ def test_scan_lists_takes_newest_first_and_skips_damaged_ones_with_a_note(takes,
 
     found, notes = takes.scan(str(tmp_path))
     assert [t.prompt for t in found] == ["other strip", "third", "second", "first"]
-    assert len(notes) == 2 and any("torn" in n for n in notes) and any("nojob" in n for n in notes)
+    assert len(notes) == 2 and notes[0].startswith("nojob: ") and notes[1].startswith("torn: unreadable")
     city = takes.of_source(found, "city", "Scene")
     assert [(t.prompt, t.kind, t.seed) for t in city] == [
         ("third", "preview", 7),
