@@ -316,3 +316,26 @@ def test_panel_before_any_run_and_with_a_damaged_manifest(tf, scene, assets, tmp
     assert any(t.startswith("Skipped: bikes-preview-x: unreadable") for t in labels), labels
     assert not [text for kind, text in log if kind == "row"]
     assert "sequencer.tokenflow_restore_take" not in {name for kind, name in log if kind == "operator"}
+
+
+def test_variations_that_would_repeat_themselves_are_refused_before_a_run(
+    tf, scene, assets, tmp_path
+) -> None:
+    add_image_strip(scene, assets["frames"][:4], name="bikes")
+    s = scene.tokenflow
+    s.prompt, s.model, s.output_dir = "a red car", str(assets["model"]), str(tmp_path) + os.sep
+    pg = scene.tokenflow_takes
+    pg.variation_source, pg.variation_count = "SEEDS", 3
+    with pytest.raises(RuntimeError, match="fixed keyframe mode the seed changes nothing"):
+        run_op("sequencer.tokenflow_preview_variations", scene)
+    assert tf.controller.get("edit") is None or not tf.controller.get("edit").running
+    pg.variation_source = "PROMPTS"
+    text = bpy.data.texts.new("one-line")
+    try:
+        text.write("only one prompt\n\n")
+        pg.variation_text = text
+        with pytest.raises(RuntimeError, match="two prompts or more"):
+            run_op("sequencer.tokenflow_preview_variations", scene)
+    finally:
+        bpy.data.texts.remove(text)
+    assert list(tmp_path.iterdir()) == []
