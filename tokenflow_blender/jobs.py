@@ -206,6 +206,7 @@ def start_edit(
             **result_context(scene, shot, job.prompt, stage),
             "job_path": job_path,
             "started": time.time(),
+            "variations": len(variations or []),
         },
     )
     st = state()
@@ -237,6 +238,8 @@ def _on_edit_finish(task: controller.ProcessTask) -> None:
     except Exception as exc:  # a failure here must not leave the panel claiming success
         task.state = controller.ERROR
         task.message = st.error = f"could not add the result: {exc}"
+    if task.state != controller.DONE and task.context.get("variations"):
+        takes.discard_variation_temporaries(task.output, task.context["variations"])
     if task.state == controller.CANCELLED:
         task.message = "Cancelled: nothing was added"
     _show(task)

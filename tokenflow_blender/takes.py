@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine import protocol
+from . import planning
 
 MANIFEST = "tokenflow.json"
 PREVIEW, SHOT = "preview", "shot"
@@ -335,3 +337,14 @@ def variation_base(base: str, count: int) -> str:
         n += 1
         candidate = f"{base}-{n}"
     return candidate
+
+
+def discard_variation_temporaries(output: str, count: int) -> list[str]:
+    """After a variations run that did not finish (a kill after a cancel): remove the engine's
+    half-written `.<output>-vN.tmp-PID` folders. Finished variation folders are takes and stay."""
+    removed = []
+    for i in range(count):
+        for path in planning.temp_folders(protocol.variation_output(output, i)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

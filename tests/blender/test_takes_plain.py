@@ -179,3 +179,13 @@ def test_variation_base_keeps_clear_of_existing_variation_folders(takes, tmp_pat
     Path(base + "-v2").mkdir()  # an earlier run in the same second wrote its second variation
     assert takes.variation_base(base, 2) == base + "-2"
     assert takes.variation_base(base, 1) == base
+
+
+def test_an_unfinished_variations_run_leaves_no_temporary_folders(takes, tmp_path) -> None:
+    base = str(tmp_path / "city-preview-variations-1")
+    Path(base + "-v1").mkdir()  # finished: a take, kept
+    (tmp_path / ".city-preview-variations-1-v2.tmp-123").mkdir()  # half written when the engine was killed
+    (tmp_path / ".other-v2.tmp-9").mkdir()  # another run's: not ours
+    removed = takes.discard_variation_temporaries(base, 3)
+    assert [Path(p).name for p in removed] == [".city-preview-variations-1-v2.tmp-123"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other-v2.tmp-9", "city-preview-variations-1-v1"]
