@@ -204,6 +204,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
         job = protocol.Job(frames=_frames_in(args.frames), output=args.out, prompt=args.prompt, **values)
         if args.model_config:
             job.extra["model_config"] = args.model_config
+        # Preview variations (engine/variations.py): one entry per --vary-prompt, then per --vary-seed.
+        job.variations = [{"prompt": p} for p in args.vary_prompt] + [{"seed": n} for n in args.vary_seed]
         if args.frame_range:
             start, _, end = args.frame_range.partition(":")
             try:
@@ -310,6 +312,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         metavar="START:END",
         help="produce only frames START..END-1 (a farm chunk; multiples of the keyframe stride)",
+    )
+    edit.add_argument(
+        "--vary-prompt",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="preview a variation with this prompt (repeat it; one run, folders OUT-v1, OUT-v2, ...)",
+    )
+    edit.add_argument(
+        "--vary-seed",
+        action="append",
+        default=[],
+        type=int,
+        metavar="N",
+        help="preview a variation with this seed",
     )
     _add_job_options(edit)
     _add_plate_options(edit)

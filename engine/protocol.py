@@ -113,6 +113,9 @@ class Job:
     # [start, end): produce only these frames (a farm chunk); start and end on keyframe-stride
     # multiples (end may be the shot's end). None produces the whole shot.
     frame_range: list[int] | None = None
+    # Preview variations (engine/variations.py): each entry {"seed": int} and/or {"prompt": str}
+    # overrides the job's; one run previews them all into `variation_output(output, i)` folders.
+    variations: list[dict[str, Any]] = field(default_factory=list)
     version: int = PROTOCOL_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -177,6 +180,7 @@ class Job:
         _number("sdedit_strength", self.sdedit_strength, 0.0, 1.0, low_open=True)
         self._validate_range()
         _validate_matte_fields(self)
+        _validate_variations(self)
         if not isinstance(self.model, str) or not self.model.strip():
             raise JobError("'model' is empty: give a hub id, a diffusers folder or a .safetensors file")
 
@@ -202,6 +206,50 @@ class Job:
             )
         if self.stage == STAGE_PREVIEW:
             raise JobError("'frame_range' is for propagate chunks; a preview always covers the keyframes")
+
+
+MAX_VARIATIONS = 16
+VARIATION_KEYS = ("seed", "prompt")
+
+
+def variation_output(output: str, index: int) -> str:
+    """The folder of variation `index` (0-based) of a job: `<output>-v1`, `<output>-v2`, ..."""
+    base = output.rstrip("/\\")
+    return f"{base}-v{index + 1}"
+
+
+def _validate_variations(job: Job) -> None:
+    """Variations are previews that differ in seed and/or prompt, and no two may give the same frames."""
+    v = job.variations
+    if not isinstance(v, list) or not all(isinstance(e, dict) for e in v):
+        raise JobError("'variations' must be a list of objects such as {'seed': 2} or {'prompt': '...'}")
+    if not v:
+        return
+    if job.stage != STAGE_PREVIEW:
+        raise JobError("'variations' are previews: set 'stage' to 'preview' (propagate the chosen one alone)")
+    if len(v) > MAX_VARIATIONS:
+        raise JobError(f"{len(v)} variations; at most {MAX_VARIATIONS} in one run")
+    seen: dict[tuple[str, int | None], int] = {}
+    for i, entry in enumerate(v):
+        unknown = sorted(set(entry) - set(VARIATION_KEYS))
+        if unknown or not entry:
+            raise JobError(f"variation {i + 1} must set 'seed' and/or 'prompt' (nothing else), got {entry!r}")
+        if "seed" in entry:
+            _integer(f"variations[{i}].seed", entry["seed"], 0, 2**32 - 1)
+        prompt = entry.get("prompt", job.prompt)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise JobError(f"variation {i + 1} has an empty prompt")
+        # The edit is deterministic given the inverted noise: the seed only draws resampled keyframes.
+        seed = entry.get("seed", job.seed) if job.keyframe_mode == "resample" else None
+        key = (prompt.strip(), seed)
+        if key in seen:
+            hint = (
+                "; in fixed keyframe mode the seed changes nothing, vary the prompt or use resample keyframes"
+                if job.keyframe_mode == "fixed" and "seed" in entry
+                else ""
+            )
+            raise JobError(f"variations {seen[key] + 1} and {i + 1} would give the same frames{hint}")
+        seen[key] = i
 
 
 def _validate_matte_fields(job: Job) -> None:

@@ -123,7 +123,9 @@ class Run:
         )
         editor = Editor(model, settings, lambda t: source(t), prompts, on_call=self._on_edit_call)
         needed = list(range(len(shot))) if invert_only else editor.needed(len(shot), preview)
+        timed = time.monotonic()
         source = self._source_latents(shot, size, needed)
+        self._timed(timed)
         if invert_only:
             return {
                 "output": None,
@@ -135,7 +137,9 @@ class Run:
             }
         editor.matte = self.delivery.latent_matte(len(shot), size, model.vae_factor)
         self._plan_edit(settings, editor, len(shot), preview)
+        timed = time.monotonic()
         result = editor.run(preview=preview, cancelled=self.cancel.check)
+        self._timed(timed)
         self.emit(protocol.EVENT_KEYFRAMES, indices=result.keyframes)
         conv, qk = injection_steps(settings)
         self.stats["injection_steps"] = {"residual": conv, "qk": qk}
@@ -170,7 +174,7 @@ class Run:
         self.stats["cache_rejected"] = cache.rejected
         if missing:
             self.progress.plan("inversion", len(missing) * job.steps)
-            embeds = model.encode_prompt(job.source_prompt)
+            embeds = self._encode(job.source_prompt)
             for start in range(0, len(missing), job.chunk_size):
                 self.cancel.check()
                 chunk = missing[start : start + job.chunk_size]
@@ -196,6 +200,16 @@ class Run:
             stacked[:, i] = latents
         index = {t: k for k, t in enumerate(wanted)}
         return lambda t: stacked[index[int(t)]]
+
+    def _encode(self, text: str) -> torch.Tensor:
+        """A prompt's text embeddings (a variation run encodes each distinct prompt once)."""
+        assert self.model is not None
+        return self.model.encode_prompt(text)
+
+    def _timed(self, since: float) -> None:
+        """Add the seconds since `since` to the time spent in UNet work (inversion and denoising):
+        with the UNet frame counts it gives this machine's speed, which Blender's estimates use."""
+        self.stats["unet_seconds"] = round(self.stats.get("unet_seconds", 0.0) + time.monotonic() - since, 3)
 
     def _plan_edit(self, settings: EditSettings, editor: Editor, n: int, preview: bool) -> None:
         from . import keyframes
@@ -247,6 +261,7 @@ class Run:
                 "stats": self.stats,
                 "metrics": metrics,
                 **self.delivery.describe(),
+                "seconds": round(time.monotonic() - self.progress.start, 2),  # the run so far
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
             self.cancel.check()
@@ -289,7 +304,10 @@ def execute(job: protocol.Job, emit: Emitter, cancel: CancelToken, model: Model 
     """Run a job, report it as events, and return the process exit code."""
     started = time.monotonic()
     try:
-        done = Run(job, emit, cancel, model).execute()
+        run_class = Run
+        if job.variations:  # several previews sharing one model load and one inversion
+            from .variations import VariationRun as run_class
+        done = run_class(job, emit, cancel, model).execute()
     except EngineError as exc:
         if exc.kind == "cancelled":
             emit(protocol.EVENT_CANCELLED, message=exc.message)

@@ -8,9 +8,9 @@ hold the logic; the bpy parts (`properties`, `preferences`, `operators`, `strips
 
 from __future__ import annotations
 
-from . import jobs, operators, preferences, properties
+from . import jobs, operators, preferences, properties, takes_ops
 
-_modules = (properties, preferences, operators, jobs)
+_modules = (properties, preferences, operators, jobs, takes_ops)
 
 
 def register() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import bpy
 
 from ..engine import protocol
-from . import compat, controller, engine_env, mattes, planning, preferences, strips
+from . import compat, controller, engine_env, mattes, planning, preferences, strips, takes
 
 SLOT_EDIT, SLOT_INSTALL, SLOT_CHECK, SLOT_FARM = "edit", "install", "check", "farm"
 SLOT_CONVERT = "convert"  # Convert to Image Sequence (convert.py)
@@ -158,9 +158,12 @@ def result_context(scene: Any, shot: strips.Shot, prompt: str, stage: str) -> di
     }
 
 
-def start_edit(context: Any, stage: str) -> controller.ProcessTask:
+def start_edit(
+    context: Any, stage: str, variations: list[dict[str, Any]] | None = None
+) -> controller.ProcessTask:
     """Check the active strip and the settings, then start the engine. Raise UserError before
-    anything is launched or written when something is wrong."""
+    anything is launched or written when something is wrong. `variations` (Preview Variations, see
+    :mod:`.takes_ops`) runs several previews in one engine run."""
     if controller.running(SLOT_EDIT):
         raise UserError("a TokenFlow job is already running; cancel it or wait for it to finish")
     scene = compat.scene_of(context)
@@ -178,12 +181,22 @@ def start_edit(context: Any, stage: str) -> controller.ProcessTask:
     if problem:
         raise UserError(problem)
     parent = output_parent(scene)
-    output = planning.output_folder(parent, shot.name, scene.tokenflow.prompt, stage)
+    named = "variations" if variations else scene.tokenflow.prompt
+    output = planning.output_folder(parent, shot.name, named, stage)
+    if variations:
+        output = takes.variation_base(output, len(variations))
     job = build_job(scene, shot, stage, output)  # the settings, checked before the matte
     matte = matte_plan(scene, shot, output)
     if matte is not None:
         job = build_job(scene, shot, stage, output, matte.paths)
     matte_dir = mattes.matte_folder(jobs_dir(), output)
+    job.extra.update(takes.take_extra(scene.name, shot.name))  # the manifest then describes the take
+    if variations:
+        job.variations = list(variations)
+        try:
+            job.validate()
+        except protocol.JobError as exc:
+            raise UserError(str(exc)) from exc
     try:
         os.makedirs(parent, exist_ok=True)
         folder = jobs_dir()
@@ -213,6 +226,7 @@ def start_edit(context: Any, stage: str) -> controller.ProcessTask:
             "matte_dir": matte_dir,
             "matte": matte,
             "started": time.time(),
+            "variations": len(variations or []),
         },
     )
     st = state()
@@ -256,15 +270,35 @@ def _on_edit_finish(task: controller.ProcessTask) -> None:
     st = state()
     try:
         if task.state == controller.DONE:
-            task.message = apply_result(task.context, task.result or {}, task.output)
+            task.message = _apply_take(task.context, task.result or {}, task.output)
         elif task.state == controller.ERROR:
             st.error = task.message or "the engine failed without a message; see the log"
     except Exception as exc:  # a failure here must not leave the panel claiming success
         task.state = controller.ERROR
         task.message = st.error = f"could not add the result: {exc}"
+    if task.state != controller.DONE and task.context.get("variations"):
+        takes.discard_variation_temporaries(task.output, task.context["variations"])
     if task.state == controller.CANCELLED:
         task.message = "Cancelled: nothing was added"
     _show(task)
+
+
+def _apply_take(ctx: dict[str, Any], done: dict[str, Any], output: str) -> str:
+    """Add a result (or each of a variations run's previews, stacked above the source) and list it
+    as a take."""
+    from . import takes_ops
+
+    variations = done.get("variations") or []
+    if variations:
+        for v in variations:
+            apply_result({**ctx, "prompt": v.get("prompt", ctx["prompt"])}, v, v["output"])
+        message = f"{len(variations)} variations added above '{ctx['source']}'"
+        folders = [v["output"] for v in variations]
+    else:
+        message = apply_result(ctx, done, output)
+        folders = [str(done.get("output") or output)]
+    takes_ops.on_result(ctx["scene"], folders)
+    return message
 
 
 def apply_result(ctx: dict[str, Any], done: dict[str, Any], output: str) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from . import panels
+from . import panels, takes_panel
 
 
 def register() -> None:
     panels.register()
+    takes_panel.register()
 
 
 def unregister() -> None:
+    takes_panel.unregister()
     panels.unregister()
