@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import DDIMInverseScheduler
@@ -61,13 +62,27 @@ def schedule_fingerprint(config: dict) -> str:
 class InversionCache:
     """A folder of `<settings key>/<frame sha256>.safetensors` files holding (T, 4, h, w) latents."""
 
-    def __init__(self, root: str | os.PathLike[str] | None) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None, memory: Any = None) -> None:
         self.root = Path(root) if root else None
+        # The warm engine's bounded in-memory copy (engine/memo.Bounded): a cached inversion is read once.
+        self.memory = memory
 
     def _path(self, settings: InversionSettings, digest: str) -> Path | None:
         return self.root / settings.key() / f"{digest}.safetensors" if self.root else None
 
     def get(self, settings: InversionSettings, digest: str, timesteps: Sequence[int]) -> torch.Tensor | None:
+        if self.memory is not None:
+            kept = self.memory.get((settings.key(), digest, tuple(timesteps)))
+            if kept is not None:
+                return kept
+        latents = self._read(settings, digest, timesteps)
+        if latents is not None and self.memory is not None:
+            self.memory.put((settings.key(), digest, tuple(timesteps)), latents)
+        return latents
+
+    def _read(
+        self, settings: InversionSettings, digest: str, timesteps: Sequence[int]
+    ) -> torch.Tensor | None:
         path = self._path(settings, digest)
         if path is None or not path.is_file():
             return None
@@ -85,6 +100,8 @@ class InversionCache:
     def put(
         self, settings: InversionSettings, digest: str, timesteps: Sequence[int], latents: torch.Tensor
     ) -> None:
+        if self.memory is not None:
+            self.memory.put((settings.key(), digest, tuple(timesteps)), latents)
         path = self._path(settings, digest)
         if path is None:
             return

@@ -31,6 +31,8 @@ class Model:
     scheduler_config: dict[str, Any]
     placement: Placement
     identity: str  # a fingerprint of the weights and configs: part of the inversion cache key
+    # The warm engine sets a bounded cache of text embeddings per prompt (engine/memo.py); None: none.
+    prompt_cache: Any = None
 
     @property
     def latent_scale(self) -> float:
@@ -43,6 +45,10 @@ class Model:
     @torch.no_grad()
     def encode_prompt(self, text: str) -> torch.Tensor:
         """CLIP text embeddings (1, 77, dim) for one prompt, on the device in the UNet's dtype."""
+        if self.prompt_cache is not None:
+            cached = self.prompt_cache.get(text)
+            if cached is not None:
+                return cached
         ids = self.tokenizer(
             text,
             padding="max_length",
@@ -50,7 +56,10 @@ class Model:
             truncation=True,
             return_tensors="pt",
         ).input_ids.to(self.placement.device)
-        return self.text_encoder(ids)[0].to(self.placement.dtype)
+        embeds = self.text_encoder(ids)[0].to(self.placement.dtype)
+        if self.prompt_cache is not None:
+            self.prompt_cache.put(text, embeds)
+        return embeds
 
 
 def _how_to_provide(model: str) -> str:
