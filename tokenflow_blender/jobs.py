@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import time
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import bpy
 
 from ..engine import protocol
-from . import compat, controller, engine_env, planning, preferences, strips
+from . import compat, controller, engine_env, planning, preferences, strips, warm
 
 SLOT_EDIT, SLOT_INSTALL, SLOT_CHECK, SLOT_FARM = "edit", "install", "check", "farm"
 TIMER_INTERVAL = 0.2
@@ -179,7 +180,7 @@ def start_edit(context: Any, stage: str) -> controller.ProcessTask:
     except OSError as exc:
         raise UserError(f"cannot write the job: {exc}") from exc
     root = engine_env.extension_root()
-    task = controller.ProcessTask(
+    task_args: dict[str, Any] = dict(
         kind=stage,
         steps=[controller.Step(stage.capitalize(), engine_env.engine_argv(python, "run", job_path))],
         log_dir=jobs_dir(),
@@ -195,6 +196,12 @@ def start_edit(context: Any, stage: str) -> controller.ProcessTask:
             "started": time.time(),
         },
     )
+    if preferences.keep_engine_warm():  # the job goes to the session's warm engine (warm.py)
+        argv = engine_env.engine_argv(python, "serve", "--idle-timeout", f"{preferences.idle_timeout():g}")
+        engine = warm.engine_for(argv, root, task_args["env"], jobs_dir(), pid_dir())
+        task: controller.ProcessTask = warm.WarmJob(engine, json.dumps(job.to_dict()), **task_args)
+    else:
+        task = controller.ProcessTask(**task_args)
     st = state()
     st.kind = stage
     st.error = ""
@@ -289,8 +296,20 @@ def cancel(slot: str = SLOT_EDIT) -> bool:
 
 
 def tick() -> bool:
-    """One round of the timer: tick every task; True while any runs."""
-    return controller.tick_all()
+    """One round of the timer: tick every task (and reap warm engines that were asked to exit);
+    True while any runs."""
+    exiting = warm.tick_all()
+    return controller.tick_all() or exiting
+
+
+def unload_engine() -> bool:
+    """The "Unload Model" button: the warm engine exits, freeing its memory; False if none ran."""
+    if controller.running(SLOT_EDIT):
+        raise UserError("a TokenFlow job is running; cancel it or wait for it before unloading the model")
+    unloaded = warm.unload()
+    if unloaded:
+        ensure_timer()
+    return unloaded
 
 
 # --- engine check and install ----------------------------------------------------------------
@@ -418,6 +437,7 @@ def _on_load_pre(*_args: Any) -> None:
 
 def _at_exit() -> None:
     controller.shutdown_all(timeout=3.0)
+    warm.shutdown_all(timeout=3.0)
 
 
 def register() -> None:
@@ -430,6 +450,7 @@ def register() -> None:
 
 def unregister() -> None:
     controller.forget_all()
+    warm.shutdown_all(timeout=3.0)
     atexit.unregister(_at_exit)
     if _on_load_pre in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(_on_load_pre)
