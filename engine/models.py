@@ -18,6 +18,7 @@ import torch
 
 from .devices import Placement
 from .errors import ModelError
+from .speedups import prepare_unet
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def load(model: str, placement: Placement, model_config: str = "") -> Model:
         raise ModelError(f"could not load model '{model}': {reason}. " + _how_to_provide(model)) from exc
 
     device = placement.device
-    unet = pipe.unet.to(device).eval()
+    unet = prepare_unet(pipe.unet.to(device).eval(), placement)  # channels-last on CUDA
     text_encoder = pipe.text_encoder.to(device).eval()
     vae = pipe.vae.to(device, placement.vae_dtype).eval()
     identity = _fingerprint(unet, vae, text_encoder, model)
