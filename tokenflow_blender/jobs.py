@@ -201,6 +201,7 @@ def start_edit(context: Any, stage: str) -> controller.ProcessTask:
         engine = warm.engine_for(argv, root, task_args["env"], jobs_dir(), pid_dir())
         task: controller.ProcessTask = warm.WarmJob(engine, json.dumps(job.to_dict()), **task_args)
     else:
+        warm.unload()  # turned off: a warm engine left from before frees its memory
         task = controller.ProcessTask(**task_args)
     st = state()
     st.kind = stage

@@ -189,6 +189,18 @@ def test_a_crashed_engine_is_reported_and_the_next_job_starts_afresh(tf, shot) -
     assert after.pid != pid and not process_gone(after.pid)
 
 
+def test_turning_it_off_runs_one_shot_and_frees_the_warm_engine(tf, shot) -> None:
+    warm_pid = _run(tf, shot["scene"]).pid
+    _prefs().keep_engine_warm = False
+    try:
+        task = _run(tf, shot["scene"])
+    finally:
+        _prefs().keep_engine_warm = True
+    assert not isinstance(task, tf.warm.WarmJob) and task.pid != warm_pid
+    assert process_gone(task.pid)  # the one-shot engine ended with its job
+    assert _gone_after_ticks(tf, warm_pid)
+
+
 def test_disabling_the_extension_ends_the_engine(tf, shot, repo_dir) -> None:
     task = _run(tf, shot["scene"])
     pid = task.pid
