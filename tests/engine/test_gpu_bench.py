@@ -79,3 +79,25 @@ def test_channels_last_unet_gives_the_same_edit(model, city16, tmp_path):
     for a, b in zip(plain, other, strict=True):
         diff = np.abs(np.asarray(Image.open(a), dtype=float) - np.asarray(Image.open(b), dtype=float))
         assert diff.max() <= 2  # rounding of another convolution order at most
+
+
+def test_the_step_loop_sends_no_python_data_to_the_device_per_layer_or_call(model, city16, tmp_path):
+    """Tensors made from Python data inside Editor._run become host-to-device copies on a GPU:
+    none per attention layer (kept keyframe indices) and none per UNet call (the timestep)."""
+    from tests.engine.conftest import run_in_process
+
+    spec = importlib.util.spec_from_file_location("step_copies", ROOT / "bench" / "step_copies.py")
+    step_copies = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_copies)
+    common = dict(frames=[str(p) for p in city16[:8]], prompt="snow", cache_dir=str(tmp_path / "cache"))
+    assert run_in_process(model, output="", stage="invert", **common)[0] == 0
+    counter = step_copies._Counter()
+    with counter:
+        code, _ = run_in_process(model, output=str(tmp_path / "out"), stage="propagate", **common)
+    assert code == 0
+    made = {where: n for (op, where), n in counter.counts.items() if op == "aten::lift_fresh"}
+    steps, keyframe_passes = 3, 3  # conftest's run_in_process: 3 steps, one keyframe pass each
+    in_attention = sum(n for where, n in made.items() if where.startswith("attention.py"))
+    assert in_attention == 2 * keyframe_passes, made  # once per pass, not once per layer
+    assert not [w for w in made if "_guided_eps" in w], made  # the UNet gets the step's own tensor
+    assert sum(n for where, n in made.items() if "_timestep" in where) == steps
