@@ -248,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     gpu = torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()})"
-    setting = f"{args.frames} frames, {args.size}x{args.size}, {args.steps} steps"
+    unet_dtype, vae_dtype = (str(d).removeprefix("torch.") for d in (placement.dtype, placement.vae_dtype))
+    precision = f"{unet_dtype} UNet, {vae_dtype} VAE"
+    setting = f"{args.frames} frames, {args.size}x{args.size}, {args.steps} steps; {precision}"
     table = render_table(rows, gpu, model_name, setting, args.frames)
     print(table)
     out = Path(args.out)
@@ -272,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 def render_table(rows: list[dict[str, Any]], gpu: str, model: str, setting: str, frames: int) -> str:
     """The Markdown table for the README (the same columns as its empty template)."""
     lines = [
-        f"{gpu}; {model}; {setting}; fp16 UNet, fp32 VAE",
+        f"{gpu}; {model}; {setting}",
         "",
         "| Phase | Method | Time (s) | Per frame (s) | Peak GPU memory (GB) | UNet frame evaluations |",
         "|---|---|---|---|---|---|",
