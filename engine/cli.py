@@ -13,6 +13,7 @@ import sys
 import warnings
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from . import protocol
 
@@ -273,6 +274,39 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return protocol.EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import main as serve
+
+    return serve(args.idle_timeout, args.prompts, args.inversion_memory)
+
+
+def _add_serve(sub: Any) -> None:
+    from .serve import DEFAULT_IDLE_TIMEOUT, DEFAULT_INVERSION_MB, DEFAULT_PROMPTS
+
+    serve = sub.add_parser(
+        "serve",
+        help="the warm engine: run job lines from stdin (the Job JSON, one a line) in one process, the model "
+        "kept loaded; 'cancel' stops the job, 'unload' or the end of stdin exits",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        help=f"exit after this many seconds without a job; 0 never (default: {DEFAULT_IDLE_TIMEOUT:g})",
+    )
+    serve.add_argument(
+        "--prompts", type=int, default=DEFAULT_PROMPTS, help="text embeddings kept per model (default: 64)"
+    )
+    serve.add_argument(
+        "--inversion-memory",
+        type=int,
+        default=DEFAULT_INVERSION_MB,
+        metavar="MB",
+        help=f"inverted latents kept in memory, in MB (default: {DEFAULT_INVERSION_MB})",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m engine",
@@ -339,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("parts", nargs="+", help="the chunks' output folders")
     merge.set_defaults(func=cmd_merge)
 
+    _add_serve(sub)
+
     check = sub.add_parser("check", help="report torch, diffusers and the device the engine would use")
     check.add_argument("--device", default="auto", choices=protocol.DEVICES)
     check.set_defaults(func=cmd_check)
@@ -362,5 +398,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(quiet_libraries=args.command in ("run", "edit", "make-tiny-model"))
+    _setup_logging(quiet_libraries=args.command in ("run", "edit", "make-tiny-model", "serve"))
     return int(args.func(args))

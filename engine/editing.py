@@ -97,6 +97,7 @@ class Editor:
         self.timesteps = edit_timesteps(model, settings)
         # (N, 1, h, w) on the latent grid, or None: outside it the latents follow the source's.
         self.matte: torch.Tensor | None = None
+        self._t_device: tuple[int, torch.Tensor] | None = None
 
     # -- one UNet call on [source, negative, positive] copies of n frames ----------------------
     def _guided_eps(self, src: torch.Tensor, x: torch.Tensor, t: int) -> torch.Tensor:
@@ -107,9 +108,16 @@ class Editor:
         embeds = torch.cat(
             [p.source.expand(n, -1, -1), p.negative.expand(n, -1, -1), p.positive.expand(n, -1, -1)]
         )
-        eps = self.model.unet(batch, t, encoder_hidden_states=embeds).sample.float()
+        eps = self.model.unet(batch, self._timestep(t), encoder_hidden_states=embeds).sample.float()
         _, uncond, cond = eps.chunk(3)
         return uncond + self.settings.guidance * (cond - uncond)
+
+    def _timestep(self, t: int) -> torch.Tensor:
+        """The timestep as a tensor on the device, made once per step: given an int, the UNet makes
+        one per call (a host-to-device copy per UNet call on a GPU)."""
+        if self._t_device is None or self._t_device[0] != t:
+            self._t_device = (t, torch.tensor(t, device=self.model.placement.device))
+        return self._t_device[1]
 
     def _denoise(self, eps: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
         x = x.to(eps.device, torch.float32)

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import DDIMInverseScheduler
@@ -78,11 +79,13 @@ class InversionCache:
     and the run carries on without caching: the cache saves time, it must never cost the edit.
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None, memory: Any = None) -> None:
         self.root = Path(root) if root else None
         self.rejected = 0  # entries found bad, deleted and recomputed
         self.writes_failed = 0  # entries not written (after the first failure, none is tried)
         self.write_error = ""
+        # The warm engine's bounded in-memory copy (engine/memo.Bounded): a cached inversion is read once.
+        self.memory = memory
 
     def _path(self, settings: InversionSettings, digest: str) -> Path | None:
         return self.root / settings.key() / f"{digest}.safetensors" if self.root else None
@@ -91,6 +94,19 @@ class InversionCache:
         self, settings: InversionSettings, digest: str, timesteps: Sequence[int], shape: Sequence[int]
     ) -> torch.Tensor | None:
         """The entry's latents if it is present and sound, else None (a bad entry is deleted)."""
+        key = (settings.key(), digest, tuple(timesteps))
+        if self.memory is not None:
+            kept = self.memory.get(key)
+            if kept is not None:
+                return kept
+        latents = self._read(settings, digest, timesteps, shape)
+        if latents is not None and self.memory is not None:
+            self.memory.put(key, latents)
+        return latents
+
+    def _read(
+        self, settings: InversionSettings, digest: str, timesteps: Sequence[int], shape: Sequence[int]
+    ) -> torch.Tensor | None:
         path = self._path(settings, digest)
         if path is None or not path.is_file():
             return None
@@ -111,6 +127,8 @@ class InversionCache:
     def put(
         self, settings: InversionSettings, digest: str, timesteps: Sequence[int], latents: torch.Tensor
     ) -> None:
+        if self.memory is not None:
+            self.memory.put((settings.key(), digest, tuple(timesteps)), latents)
         path = self._path(settings, digest)
         if path is None:
             return

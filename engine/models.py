@@ -19,6 +19,7 @@ import torch
 from .devices import Placement
 from .errors import ModelError
 from .fingerprint import DigestIndex, files_digest, folder_files
+from .speedups import prepare_unet
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ class Model:
             log.debug("model fingerprint %s", self._identity[:16])
         return self._identity
 
+    # The warm engine sets a bounded cache of text embeddings per prompt (engine/memo.py); None: none.
+    prompt_cache: Any = None
+
     @property
     def identity(self) -> str:
         return self.fingerprint()
@@ -61,6 +65,10 @@ class Model:
     @torch.no_grad()
     def encode_prompt(self, text: str) -> torch.Tensor:
         """CLIP text embeddings (1, 77, dim) for one prompt, on the device in the UNet's dtype."""
+        if self.prompt_cache is not None:
+            cached = self.prompt_cache.get(text)
+            if cached is not None:
+                return cached
         ids = self.tokenizer(
             text,
             padding="max_length",
@@ -68,7 +76,10 @@ class Model:
             truncation=True,
             return_tensors="pt",
         ).input_ids.to(self.placement.device)
-        return self.text_encoder(ids)[0].to(self.placement.dtype)
+        embeds = self.text_encoder(ids)[0].to(self.placement.dtype)
+        if self.prompt_cache is not None:
+            self.prompt_cache.put(text, embeds)
+        return embeds
 
 
 def _how_to_provide(model: str) -> str:
@@ -175,7 +186,7 @@ def load(model: str, placement: Placement, model_config: str = "") -> Model:
         raise ModelError(f"could not load model '{model}': {reason}. " + _how_to_provide(model)) from exc
 
     device = placement.device
-    unet = pipe.unet.to(device).eval()
+    unet = prepare_unet(pipe.unet.to(device).eval(), placement)  # channels-last on CUDA
     text_encoder = pipe.text_encoder.to(device).eval()
     vae = pipe.vae.to(device, placement.vae_dtype).eval()
     tokenizer = pipe.tokenizer

@@ -23,6 +23,10 @@ EVENT_DONE = "done"  # output, files, keyframes, stats, metrics (optional)
 EVENT_ERROR = "error"  # kind, message
 EVENT_CANCELLED = "cancelled"  # message
 EVENT_CHECK = "check"  # answer of `python -m engine check`
+# `python -m engine serve` (the warm engine): ready for the next job line, after starting and after
+# every job's last event. Payload: pid, model and device loaded (or null), loads (models loaded so
+# far), jobs (jobs run so far), idle_timeout (seconds).
+EVENT_READY = "ready"
 EVENTS = (
     EVENT_STARTED,
     EVENT_PROGRESS,
@@ -32,6 +36,7 @@ EVENTS = (
     EVENT_ERROR,
     EVENT_CANCELLED,
     EVENT_CHECK,
+    EVENT_READY,
 )
 
 # Progress stages, in the order a run goes through them.
@@ -54,6 +59,9 @@ EXIT_CODES = {
 
 # A line on the engine's stdin that asks it to stop (as SIGTERM / SIGINT do).
 CANCEL_LINE = "cancel"
+# A line on the warm engine's stdin that asks it to exit (freeing the model's memory). Closing its
+# stdin does the same, after cancelling a running job.
+UNLOAD_LINE = "unload"
 
 STAGE_PREVIEW = "preview"
 STAGE_PROPAGATE = "propagate"

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +72,20 @@ class Run:
     """State of one run; `execute()` returns the `done` event's payload."""
 
     def __init__(
-        self, job: protocol.Job, emit: Emitter, cancel: CancelToken, model: Model | None = None
+        self,
+        job: protocol.Job,
+        emit: Emitter,
+        cancel: CancelToken,
+        model: Model | None = None,
+        loader: Callable[[protocol.Job], Model] | None = None,
+        inversions: Any = None,
     ) -> None:
         self.job = job
         self.emit = emit
         self.cancel = cancel
         self.model = model
+        self.loader = loader  # the warm engine's: its loaded model, or a load (engine/serve.py)
+        self.inversions = inversions  # the warm engine's in-memory inversions (engine/memo.Bounded)
         self.progress = Progress(emit)
         self.stats: dict[str, Any] = {
             "inversion_unet_frames": 0,
@@ -101,6 +110,8 @@ class Run:
             raise BadInput(f"frame_range {job.frame_range} runs past the shot's {len(shot)} frames")
         self.cancel.check()
         self.progress.stage("load")
+        if self.model is None and self.loader is not None:
+            self.model = self.loader(job)
         if self.model is None:
             self.model = load(job.model, devices.choose(job.device), job.extra.get("model_config", ""))
         model = self.model
@@ -153,7 +164,7 @@ class Run:
         """
         model, job = self.model, self.job
         assert model is not None
-        cache = InversionCache(job.cache_dir or default_cache_dir())
+        cache = InversionCache(job.cache_dir or default_cache_dir(), memory=self.inversions)
         assert cache.root is not None
         inv = InversionSettings(
             model_identity=model.fingerprint(DigestIndex(cache.root / INDEX_NAME)),
@@ -300,14 +311,21 @@ class Run:
         )
 
 
-def execute(job: protocol.Job, emit: Emitter, cancel: CancelToken, model: Model | None = None) -> int:
+def execute(
+    job: protocol.Job,
+    emit: Emitter,
+    cancel: CancelToken,
+    model: Model | None = None,
+    loader: Callable[[protocol.Job], Model] | None = None,
+    inversions: Any = None,
+) -> int:
     """Run a job, report it as events, and return the process exit code."""
     started = time.monotonic()
     try:
         run_class = Run
         if job.variations:  # several previews sharing one model load and one inversion
             from .variations import VariationRun as run_class
-        done = run_class(job, emit, cancel, model).execute()
+        done = run_class(job, emit, cancel, model, loader, inversions).execute()
     except EngineError as exc:
         if exc.kind == "cancelled":
             emit(protocol.EVENT_CANCELLED, message=exc.message)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import shutil
 import time
@@ -19,7 +20,7 @@ from typing import Any
 import bpy
 
 from ..engine import protocol
-from . import compat, controller, engine_env, mattes, planning, preferences, strips, takes
+from . import compat, controller, engine_env, mattes, planning, preferences, strips, takes, warm
 
 SLOT_EDIT, SLOT_INSTALL, SLOT_CHECK, SLOT_FARM = "edit", "install", "check", "farm"
 SLOT_CONVERT = "convert"  # Convert to Image Sequence (convert.py)
@@ -208,7 +209,7 @@ def start_edit(
         shutil.rmtree(matte_dir, ignore_errors=True)
         raise UserError(f"cannot write the job: {exc}") from exc
     root = engine_env.extension_root()
-    task = controller.ProcessTask(
+    task_args: dict[str, Any] = dict(
         kind=stage,
         steps=[controller.Step(stage.capitalize(), engine_env.engine_argv(python, "run", job_path))],
         log_dir=jobs_dir(),
@@ -229,6 +230,13 @@ def start_edit(
             "variations": len(variations or []),
         },
     )
+    if preferences.keep_engine_warm():  # the job goes to the session's warm engine (warm.py)
+        argv = engine_env.engine_argv(python, "serve", "--idle-timeout", f"{preferences.idle_timeout():g}")
+        engine = warm.engine_for(argv, root, task_args["env"], jobs_dir(), pid_dir())
+        task: controller.ProcessTask = warm.WarmJob(engine, json.dumps(job.to_dict()), **task_args)
+    else:
+        warm.unload()  # turned off: a warm engine left from before frees its memory
+        task = controller.ProcessTask(**task_args)
     st = state()
     st.kind = stage
     st.error = ""
@@ -361,8 +369,20 @@ def cancel(slot: str = SLOT_EDIT) -> bool:
 
 
 def tick() -> bool:
-    """One round of the timer: tick every task; True while any runs."""
-    return controller.tick_all()
+    """One round of the timer: tick every task (and reap warm engines that were asked to exit);
+    True while any runs."""
+    exiting = warm.tick_all()
+    return controller.tick_all() or exiting
+
+
+def unload_engine() -> bool:
+    """The "Unload Model" button: the warm engine exits, freeing its memory; False if none ran."""
+    if controller.running(SLOT_EDIT):
+        raise UserError("a TokenFlow job is running; cancel it or wait for it before unloading the model")
+    unloaded = warm.unload()
+    if unloaded:
+        ensure_timer()
+    return unloaded
 
 
 # --- engine check and install ----------------------------------------------------------------
@@ -490,6 +510,7 @@ def _on_load_pre(*_args: Any) -> None:
 
 def _at_exit() -> None:
     controller.shutdown_all(timeout=3.0)
+    warm.shutdown_all(timeout=3.0)
 
 
 def register() -> None:
@@ -502,6 +523,7 @@ def register() -> None:
 
 def unregister() -> None:
     controller.forget_all()
+    warm.shutdown_all(timeout=3.0)
     atexit.unregister(_at_exit)
     if _on_load_pre in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(_on_load_pre)

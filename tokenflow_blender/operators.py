@@ -241,7 +241,24 @@ class SEQUENCER_OT_tokenflow_cancel_convert(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class SEQUENCER_OT_tokenflow_unload_model(bpy.types.Operator):
+    """End the warm engine and free the memory its model holds (the next job loads it again)"""
+
+    bl_idname = "sequencer.tokenflow_unload_model"
+    bl_label = "Unload Model"
+    bl_options = {"REGISTER"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            unloaded = jobs.unload_engine()
+        except jobs.UserError as exc:
+            return _fail(self, str(exc))
+        self.report({"INFO"}, "Model unloaded" if unloaded else "No model was loaded")
+        return {"FINISHED"}
+
+
 classes = (
+    SEQUENCER_OT_tokenflow_unload_model,
     SEQUENCER_OT_tokenflow_preview,
     SEQUENCER_OT_tokenflow_propagate,
     SEQUENCER_OT_tokenflow_cancel,

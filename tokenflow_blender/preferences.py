@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import bpy
-from bpy.props import EnumProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 
 from ..engine import protocol
 from . import engine_env, flamenco
@@ -48,6 +48,17 @@ def default_model() -> str:
 def device() -> str:
     prefs = get()
     return prefs.device if prefs else "auto"
+
+
+def keep_engine_warm() -> bool:
+    prefs = get()
+    return bool(prefs.keep_engine_warm) if prefs else True
+
+
+def idle_timeout() -> float:
+    """Seconds the warm engine waits for a job before it exits (0: until Blender quits)."""
+    prefs = get()
+    return round(max(0.0, prefs.engine_idle_minutes if prefs else 10.0) * 60.0, 1)
 
 
 def farm_manager_url() -> str:
@@ -124,6 +135,21 @@ class TokenFlowPreferences(bpy.types.AddonPreferences):
         default="",
     )
 
+    keep_engine_warm: BoolProperty(
+        name="Keep Engine Warm",
+        description="Keep one engine running between jobs with the model loaded: a Preview after a prompt "
+        "tweak starts at once. Off: every job starts a new engine (frees memory between jobs)",
+        default=True,
+    )
+    engine_idle_minutes: FloatProperty(
+        name="Unload After (min)",
+        description="The warm engine exits after this many minutes without a job, freeing its memory "
+        "(0: only when Blender quits or on 'Unload Model')",
+        default=10.0,
+        min=0.0,
+        soft_max=120.0,
+    )
+
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         state = context.window_manager.tokenflow_job
@@ -135,6 +161,9 @@ class TokenFlowPreferences(bpy.types.AddonPreferences):
         col.label(text=f"Cache: {cache_dir()}", icon="FILE_FOLDER")
         col.prop(self, "device")
         col.prop(self, "torch_index_url")
+        row = col.row()
+        row.prop(self, "keep_engine_warm")
+        row.prop(self, "engine_idle_minutes")
         row = layout.row(align=True)
         row.operator("preferences.tokenflow_install_engine", icon="IMPORT")
         row.operator("preferences.tokenflow_check_engine", icon="CHECKMARK")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from ..tokenflow_blender import compat, controller, jobs, preferences
+from ..tokenflow_blender import compat, controller, jobs, preferences, warm
 
 
 class _TokenFlowPanel:
@@ -62,6 +62,8 @@ class SEQUENCER_PT_tokenflow(_TokenFlowPanel, bpy.types.Panel):
                 box.label(text=line, icon="ERROR" if i == 0 else "BLANK1")
         if state.log_path:
             layout.operator("sequencer.tokenflow_show_log", icon="TEXT")
+        if not running and warm.current() is not None:
+            layout.operator("sequencer.tokenflow_unload_model", icon="UNLINKED")
 
 
 class SEQUENCER_PT_tokenflow_settings(_TokenFlowPanel, bpy.types.Panel):

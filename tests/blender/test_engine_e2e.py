@@ -50,6 +50,7 @@ def shot(ext, assets, tmp_path_factory) -> Any:
     """A scene with a 12-frame image strip at frame 5, channel 2; kept across this module's tests."""
     prefs = bpy.context.preferences.addons[MODULE].preferences
     prefs.device = "cpu"
+    prefs.keep_engine_warm = False  # these tests cover the one-shot engine; test_warm.py the warm one
     scene = bpy.data.scenes.new("e2e")
     window = bpy.context.window
     old = window.scene if window else None
@@ -63,6 +64,7 @@ def shot(ext, assets, tmp_path_factory) -> Any:
         window.scene = old
     bpy.data.scenes.remove(scene)
     prefs.device = "auto"
+    prefs.keep_engine_warm = True
 
 
 def _run(tf, scene: Any, operator: str) -> Any:
@@ -268,6 +270,7 @@ bpy.ops.preferences.extension_repo_add(
 )
 addon_utils.enable({module!r}, default_set=True)
 pkg = sys.modules[{module!r} + ".tokenflow_blender"]
+bpy.context.preferences.addons[{module!r}].preferences.keep_engine_warm = False  # the one-shot engine
 scene = bpy.context.scene
 ed = scene.sequence_editor_create()
 coll = ed.strips if hasattr(ed, "strips") else ed.sequences
