@@ -110,10 +110,8 @@ class Run:
             raise BadInput(f"frame_range {job.frame_range} runs past the shot's {len(shot)} frames")
         self.cancel.check()
         self.progress.stage("load")
-        if self.model is None and self.loader is not None:
-            self.model = self.loader(job)
         if self.model is None:
-            self.model = load(job.model, devices.choose(job.device), job.extra.get("model_config", ""))
+            self.model = self._load_model()
         model = self.model
         size = frames.working_size(*shot.size, job.size)
         self.emit(
@@ -211,6 +209,13 @@ class Run:
             stacked[:, i] = latents
         index = {t: k for k, t in enumerate(wanted)}
         return lambda t: stacked[index[int(t)]]
+
+    def _load_model(self) -> Model:
+        """The warm engine's loaded model (its loader), or a fresh load for a one-shot run."""
+        job = self.job
+        if self.loader is not None:
+            return self.loader(job)
+        return load(job.model, devices.choose(job.device), job.extra.get("model_config", ""))
 
     def _encode(self, text: str) -> torch.Tensor:
         """A prompt's text embeddings (a variation run encodes each distinct prompt once)."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import delivery, devices, frames, protocol
+from . import delivery, frames, protocol
 from .editing import Editor, Prompts, injection_steps
 from .runner import Run, check_output, settings_from_job
 
@@ -131,9 +131,3 @@ class VariationRun(Run):
         if text not in self._embeds:
             self._embeds[text] = super()._encode(text)
         return self._embeds[text]
-
-    def _load_model(self):
-        from .models import load
-
-        job = self.job
-        return load(job.model, devices.choose(job.device), job.extra.get("model_config", ""))
