@@ -147,11 +147,11 @@ def test_seed_variations_in_resample_mode_differ(model, city16, tmp_path) -> Non
 
 
 def test_model_loads_once_and_a_cancel_leaves_nothing(model, city16, tmp_path, monkeypatch) -> None:
-    import engine.models
+    import engine.runner
     from engine.runner import execute
 
     loads = []
-    monkeypatch.setattr(engine.models, "load", lambda *a, **k: loads.append(a) or model)
+    monkeypatch.setattr(engine.runner, "load", lambda *a, **k: loads.append(a) or model)
     job = protocol.Job(
         frames=[str(f) for f in city16[:6]],
         output=str(tmp_path / "v"),
