@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 PROTOCOL_VERSION = 1
+# Job versions this engine reads; a job of another version is refused with this list.
+SUPPORTED_VERSIONS = (1,)
 
 # --- events (stdout, one JSON object a line, each with an "event" field) -------------------
 EVENT_STARTED = "started"  # device, dtype, torch version, frame count, working size
@@ -127,6 +129,7 @@ class Job:
     def from_dict(cls, data: dict[str, Any]) -> Job:
         if not isinstance(data, dict):
             raise JobError("a job must be a JSON object")
+        _validate_version(data.get("version", PROTOCOL_VERSION))  # before fields a newer version may add
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -148,15 +151,25 @@ class Job:
 
     # -- validation (both sides run it: Blender before starting, the engine on arrival) ----
     def validate(self) -> None:
-        """Raise :class:`JobError` naming the first field that is out of range."""
+        """Raise :class:`JobError` naming the first field that is out of range or of the wrong type."""
+        _validate_version(self.version)
         if not isinstance(self.frames, list) or not all(isinstance(f, str) for f in self.frames):
             raise JobError("'frames' must be a list of image file paths")
         if not self.frames:
             raise JobError("no frames: give at least one image file")
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise JobError("the prompt is empty: describe the edit, e.g. 'a watercolor painting'")
-        if self.stage != STAGE_INVERT and (not isinstance(self.output, str) or not self.output.strip()):
+        if not isinstance(self.output, str):
+            raise JobError(f"'output' must be a string (a folder path), got {self.output!r}")
+        if self.stage != STAGE_INVERT and not self.output.strip():
             raise JobError("'output' must name a folder that does not exist yet")
+        for name in ("negative_prompt", "source_prompt", "cache_dir", "model"):
+            _string(name, getattr(self, name))
+        _boolean("evaluate", self.evaluate)
+        if not isinstance(self.extra, dict):
+            raise JobError(f"'extra' must be an object (a dict of settings), got {self.extra!r}")
+        if not isinstance(self.extra.get("model_config", ""), str):
+            raise JobError("'extra.model_config' must be a string (a local diffusers folder)")
         _choice("stage", self.stage, STAGES_OF_JOB)
         _choice("keyframe_mode", self.keyframe_mode, KEYFRAME_MODES)
         _choice("edit_mode", self.edit_mode, EDIT_MODES)
@@ -217,9 +230,28 @@ def _validate_matte_fields(job: Job) -> None:
             "give one matte image per frame"
         )
     _choice("matte_channel", job.matte_channel, MATTE_CHANNELS)
-    if not isinstance(job.matte_invert, bool):
-        raise JobError(f"'matte_invert' must be true or false, got {job.matte_invert!r}")
+    _boolean("matte_invert", job.matte_invert)
     _number("matte_feather", job.matte_feather, 0.0, 1000.0)
+
+
+def _validate_version(version: Any) -> None:
+    if isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
+        speaks = ", ".join(str(v) for v in SUPPORTED_VERSIONS)
+        raise JobError(
+            f"the job's protocol 'version' is {version!r} but this engine speaks version(s) {speaks}; "
+            "update the engine (or the extension) so that both speak the same version"
+        )
+
+
+def _string(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise JobError(f"'{name}' must be a string, got {value!r}")
+
+
+def _boolean(name: str, value: Any) -> None:
+    """JSON true / false only: a string such as "no" is not silently true."""
+    if not isinstance(value, bool):
+        raise JobError(f"'{name}' must be true or false, got {value!r}")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
