@@ -39,7 +39,8 @@ OPTION_HELP = {
     "keyframe_mode": "fixed: evenly spaced, the same at every step (preview matches the result); "
     "resample: one random keyframe per block, re-drawn each step (the reference)",
     "seed": "random seed (keyframe draws)",
-    "size": "long side of the working size in pixels, a multiple of 64; results come back at the source size",
+    "size": "long side of the working size in pixels, a multiple of 64; the aspect ratio is kept (the short "
+    "side is padded to a multiple of 64 and cropped back); results come back at the source size",
     "chunk_size": "frames per UNet call: lower it when the GPU runs out of memory",
     "keyframe_batch": "keyframes that attend to each other jointly in one UNet call; beyond this, "
     "keyframes go in groups with their neighbours and a few global anchors (bounded memory for long shots)",

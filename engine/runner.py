@@ -99,12 +99,13 @@ class Run:
         if self.model is None:
             self.model = load(job.model, devices.choose(job.device), job.extra.get("model_config", ""))
         model = self.model
-        size = frames.working_size(*shot.size, job.size)
+        size = frames.geometry(*shot.size, job.size)
         self.emit(
             protocol.EVENT_STARTED,
             frames=len(shot),
-            width=size[0],
-            height=size[1],
+            width=size.padded[0],
+            height=size.padded[1],
+            padding=list(size.padding),
             source_width=shot.size[0],
             source_height=shot.size[1],
             **model.placement.describe(),
@@ -134,9 +135,9 @@ class Run:
         conv, qk = injection_steps(settings)
         self.stats["injection_steps"] = {"residual": conv, "qk": qk}
         assert dest is not None
-        return self._write(shot, dest, result.frames, result.latents, result.keyframes, preview)
+        return self._write(shot, size, dest, result.frames, result.latents, result.keyframes, preview)
 
-    def _source_latents(self, shot: frames.Shot, size: tuple[int, int], needed: list[int]):
+    def _source_latents(self, shot: frames.Shot, size: frames.Geometry, needed: list[int]):
         """Inverted latents at every edit timestep for the frames the run reads, cached per frame.
 
         Frames the run never reads (outside a farm chunk's reach) stay zero and are not inverted.
@@ -147,8 +148,8 @@ class Run:
         inv = InversionSettings(
             model_identity=model.identity,
             dtype=str(model.placement.dtype),
-            width=size[0],
-            height=size[1],
+            width=size.padded[0],
+            height=size.padded[1],
             steps=job.steps,
             prompt=job.source_prompt,
             scheduler=schedule_fingerprint(model.scheduler_config),
@@ -178,7 +179,7 @@ class Run:
                 for j, i in enumerate(chunk):
                     found[i] = latents[:, j].contiguous()  # a plain layout, as a cache load gives
                     cache.put(inv, shot.frames[i].digest, timesteps, found[i])
-        h, w = size[1] // model.vae_factor, size[0] // model.vae_factor
+        h, w = size.padded[1] // model.vae_factor, size.padded[0] // model.vae_factor
         stacked = torch.zeros(len(wanted), len(shot), 4, h, w)  # (T, N, 4, h, w)
         for i, latents in found.items():
             stacked[:, i] = latents
@@ -204,8 +205,15 @@ class Run:
         self.progress.advance(stage, n)
 
     def _write(
-        self, shot, dest: Path, produced: list[int], latents: torch.Tensor, keys: list[int], preview: bool
-    ):
+        self,
+        shot: frames.Shot,
+        size: frames.Geometry,
+        dest: Path,
+        produced: list[int],
+        latents: torch.Tensor,
+        keys: list[int],
+        preview: bool,
+    ) -> dict[str, Any]:
         model, job = self.model, self.job
         assert model is not None
         self.progress.stage("decode", 0, len(produced))
@@ -219,7 +227,7 @@ class Run:
             for k, (i, image) in enumerate(zip(produced, decode_chunks(model, latents), strict=True)):
                 self.cancel.check()
                 frame = shot.frames[i]
-                rgb = frames.to_source(image.permute(1, 2, 0).numpy(), shot.size)
+                rgb = frames.to_source(image.permute(1, 2, 0).numpy(), size)
                 name = frames.result_name(frame.path)
                 frames.write_png(tmp / name, rgb, frame.bit_depth)
                 names.append(name)
