@@ -2,60 +2,122 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
+import stat
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from . import protocol
 from .errors import Cancelled
 
+log = logging.getLogger(__name__)
+
 
 class Emitter:
-    """Writes protocol events to a stream, one JSON object a line, flushed at once."""
+    """Writes protocol events to a stream, one JSON object a line, flushed at once.
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    A stream that can no longer be written (its reader is gone: EPIPE, a closed file) marks the
+    emitter `broken` and calls `on_broken` once (the command line cancels the run: nobody would
+    hear its result); later events are dropped rather than raising in the middle of the work.
+    """
+
+    def __init__(self, stream: TextIO | None = None, on_broken: Callable[[], None] | None = None) -> None:
         self.stream = stream or sys.stdout
         self.lock = threading.Lock()
         self.sent: list[dict[str, Any]] = []  # what was emitted, for callers that run in-process
+        self.on_broken = on_broken
+        self.broken = False
 
     def __call__(self, event: str, **payload: Any) -> None:
         line = protocol.event_line(event, **payload)
         with self.lock:
             self.sent.append({"event": event, **payload})
-            self.stream.write(line + "\n")
-            self.stream.flush()
+            if self.broken:
+                return
+            try:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            except (OSError, ValueError) as exc:  # EPIPE / a full disk / a closed stream
+                self._break(exc)
+
+    def _break(self, exc: BaseException) -> None:
+        self.broken = True
+        log.warning("cannot write events any more (%s): stopping the run", exc)
+        if self.stream is sys.stdout:
+            _silence_stdout()
+        if self.on_broken:
+            self.on_broken()
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null so that Python's exit-time flush of stdout does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def stdin_is_lifeline() -> bool:
+    """True if stdin is a pipe or socket: its end (EOF) then means the caller's process is gone.
+
+    EOF on /dev/null, a regular file or a terminal means nothing (farm workers, CI, shells)."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (AttributeError, OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 class CancelToken:
-    """Set by SIGTERM / SIGINT or a `cancel` line on stdin; checked between UNet calls."""
+    """Set by SIGTERM / SIGINT, a `cancel` line on stdin, or the caller's end of stdin closing;
+    checked between UNet calls."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.reason = "cancelled by request; nothing was written"
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str = "") -> None:
+        if reason and not self.event.is_set():
+            self.reason = reason
         self.event.set()
 
     def check(self) -> None:
         if self.event.is_set():
-            raise Cancelled("cancelled by request; nothing was written")
+            raise Cancelled(self.reason)
 
     def listen(self, stdin: bool = True) -> None:
         """Install signal handlers (main thread only) and, if asked, a stdin reader thread."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.cancel())
         if stdin and sys.stdin is not None and not sys.stdin.closed:
-            threading.Thread(target=self._read_stdin, name="cancel-listener", daemon=True).start()
+            lifeline = stdin_is_lifeline()
+            threading.Thread(
+                target=self._read_stdin, args=(lifeline,), name="cancel-listener", daemon=True
+            ).start()
 
-    def _read_stdin(self) -> None:
+    def _read_stdin(self, lifeline: bool) -> None:
         try:
             for line in sys.stdin:
                 if line.strip().lower() == protocol.CANCEL_LINE:
                     self.cancel()
                     return
         except (OSError, ValueError):
-            return
+            pass
+        if lifeline:
+            self.cancel(CALLER_GONE)
+
+
+CALLER_GONE = (
+    "stopped: the engine's stdin closed, so the process that started it (e.g. Blender) is gone; "
+    "nothing was written"
+)
 
 
 class Progress:

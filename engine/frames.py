@@ -17,12 +17,12 @@ import cv2
 import numpy as np
 
 from .errors import BadInput
+from .preflight import SUPPORTED  # noqa: F401 (the engine's image types, named where they are checked)
 
 # OpenCV's own thread pool fights torch's OpenMP threads for the cores (spinning waits can make a
 # step ten times slower on a small machine); the image work here is light, so keep it on one thread.
 cv2.setNumThreads(1)
 
-SUPPORTED = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MULTIPLE = 64
 
 
@@ -64,7 +64,12 @@ class Shot:
 
 
 def decode_image(path: Path, data: bytes) -> tuple[np.ndarray, int]:
-    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if not data:
+        raise BadInput(f"frame file {path} is empty (0 bytes); render or export that frame again")
+    try:
+        raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # OpenCV's own size limit, or a header it cannot take
+        raw = None
     if raw is None:
         raise BadInput(f"{path} could not be decoded as an image; re-export it as PNG, JPEG or TIFF")
     if raw.dtype == np.uint8:

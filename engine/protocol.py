@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -36,8 +37,18 @@ EVENTS = (
     EVENT_CHECK,
 )
 
+# Event order of one run:
+#   checks that need no model (job fields, frame headers, output and cache folders): on failure
+#     one `error` and nothing else;
+#   `started` (frame count, working and source size, padding, device and dtype): always the first
+#     event of a run that passed those checks, before any `progress`;
+#   `progress` events (stages below), `keyframes`, `preview` (preview stage only);
+#   exactly one of `done`, `error` or `cancelled`, last. The output folder appears (atomically)
+#   just before `done`; a run that cannot write its `done` (stdout closed: its caller is gone)
+#   removes that folder again, so a result folder on disk always had its `done` sent. Its
+#   `tokenflow.json` manifest repeats what `done` said (files, indices, keyframes, stats).
 # Progress stages, in the order a run goes through them.
-STAGES = ("load", "read", "inversion", "preview", "propagate", "decode", "write", "evaluate")
+STAGES = ("read", "load", "inversion", "keyframes", "propagate", "per-frame", "decode", "write", "evaluate")
 
 # --- error kinds and exit codes ------------------------------------------------------------
 EXIT_OK = 0
@@ -46,12 +57,14 @@ EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 3
 EXIT_OUT_OF_MEMORY = 4
 EXIT_MODEL = 5
+EXIT_DISK = 6  # the output folder's storage is read-only, full or failing (the message names it)
 EXIT_CODES = {
     "internal": EXIT_INTERNAL,
     "bad_input": EXIT_BAD_INPUT,
     "cancelled": EXIT_CANCELLED,
     "out_of_memory": EXIT_OUT_OF_MEMORY,
     "model": EXIT_MODEL,
+    "disk": EXIT_DISK,
 }
 
 # A line on the engine's stdin that asks it to stop (as SIGTERM / SIGINT do).
@@ -276,11 +289,20 @@ def _number(name: str, value: Any, low: float, high: float, low_open: bool = Fal
 
 
 # --- events --------------------------------------------------------------------------------
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def event_line(event: str, **payload: Any) -> str:
-    """One event as a JSON line (no trailing newline)."""
+    """One event as a JSON line (no trailing newline), always encodable as UTF-8.
+
+    A file name that is not valid UTF-8 reaches Python as lone surrogates (surrogateescape); they
+    are written as JSON escapes (`\\udcff`), never as raw bytes: the line stays valid UTF-8, and a
+    Python reader gets the exact name back (`os.fsencode` of the parsed string).
+    """
     if event not in EVENTS:
         raise ValueError(f"unknown event {event!r}")
-    return json.dumps({"event": event, **payload}, ensure_ascii=False)
+    text = json.dumps({"event": event, **payload}, ensure_ascii=False)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def parse_event(line: str) -> dict[str, Any] | None:

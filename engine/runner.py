@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -13,32 +12,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import devices, frames, protocol
+from . import devices, frames, preflight, protocol
 from .editing import Editor, EditSettings, Prompts, decode_chunks, edit_timesteps, injection_steps
 from .errors import BadInput, EngineError, OutOfMemory, is_out_of_memory
 from .events import CancelToken, Emitter, Progress
 from .inversion import InversionCache, InversionSettings, encode, invert, schedule_fingerprint
 from .models import Model, load
+from .outputs import MANIFEST, Destination, disk_full, refuse_existing, withdraw
+from .preflight import default_cache_dir  # noqa: F401 (where callers have looked for it)
 
 log = logging.getLogger(__name__)
-MANIFEST = "tokenflow.json"
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("TOKENFLOW_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tokenflow"
 
 
 def check_output(output: str) -> Path:
     """The destination must not exist: results never overwrite anything."""
     dest = Path(output).expanduser().absolute()
-    if dest.exists():
-        raise BadInput(
-            f"the output folder {dest} already exists; results never overwrite, choose a new folder"
-        )
+    refuse_existing(dest)
     return dest
 
 
@@ -70,9 +59,15 @@ class Run:
     """State of one run; `execute()` returns the `done` event's payload."""
 
     def __init__(
-        self, job: protocol.Job, emit: Emitter, cancel: CancelToken, model: Model | None = None
+        self,
+        job: protocol.Job,
+        emit: Emitter,
+        cancel: CancelToken,
+        model: Model | None = None,
+        ready: preflight.Ready | None = None,
     ) -> None:
         self.job = job
+        self.ready = ready
         self.emit = emit
         self.cancel = cancel
         self.model = model
@@ -87,9 +82,33 @@ class Run:
 
     # -- stages ---------------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
+        """Check (unless the caller did), announce, then do the work; the output claim is always let go."""
+        if self.ready is None:
+            self.ready = preflight.check(self.job)
+        try:
+            return self._execute(self.ready)
+        finally:
+            self.ready.release()
+
+    def _execute(self, ready: preflight.Ready) -> dict[str, Any]:
         job = self.job
         invert_only = job.stage == protocol.STAGE_INVERT
-        dest = None if invert_only else check_output(job.output)
+        self.cancel.check()
+        placement = self.model.placement if self.model is not None else devices.choose(job.device)
+        source_size = ready.size
+        if not all(source_size):  # no header was understood: the size comes from decoding
+            source_size = frames.read_shot(job.frames[:1]).size
+        size = frames.geometry(*source_size, job.size)
+        self.emit(
+            protocol.EVENT_STARTED,
+            frames=len(job.frames),
+            width=size.padded[0],
+            height=size.padded[1],
+            padding=list(size.padding),
+            source_width=source_size[0],
+            source_height=source_size[1],
+            **placement.describe(),
+        )
         self.progress.stage("read")
         shot = frames.read_shot(job.frames)
         if job.frame_range and job.frame_range[1] > len(shot):
@@ -97,19 +116,9 @@ class Run:
         self.cancel.check()
         self.progress.stage("load")
         if self.model is None:
-            self.model = load(job.model, devices.choose(job.device), job.extra.get("model_config", ""))
+            self.model = load(job.model, placement, job.extra.get("model_config", ""))
         model = self.model
-        size = frames.geometry(*shot.size, job.size)
-        self.emit(
-            protocol.EVENT_STARTED,
-            frames=len(shot),
-            width=size.padded[0],
-            height=size.padded[1],
-            padding=list(size.padding),
-            source_width=shot.size[0],
-            source_height=shot.size[1],
-            **model.placement.describe(),
-        )
+        self.cancel.check()
         settings = settings_from_job(job)
         preview = job.stage == protocol.STAGE_PREVIEW
         prompts = Prompts(
@@ -134,8 +143,10 @@ class Run:
         self.emit(protocol.EVENT_KEYFRAMES, indices=result.keyframes)
         conv, qk = injection_steps(settings)
         self.stats["injection_steps"] = {"residual": conv, "qk": qk}
-        assert dest is not None
-        return self._write(shot, size, dest, result.frames, result.latents, result.keyframes, preview)
+        assert ready.destination is not None
+        return self._write(
+            shot, size, ready.destination, result.frames, result.latents, result.keyframes, preview
+        )
 
     def _source_latents(self, shot: frames.Shot, size: frames.Geometry, needed: list[int]):
         """Inverted latents at every edit timestep for the frames the run reads, cached per frame.
@@ -208,21 +219,20 @@ class Run:
         self,
         shot: frames.Shot,
         size: frames.Geometry,
-        dest: Path,
+        destination: Destination,
         produced: list[int],
         latents: torch.Tensor,
         keys: list[int],
         preview: bool,
     ) -> dict[str, Any]:
+        """Decode and write into the claimed temporary folder, then rename it into place at once."""
         model, job = self.model, self.job
         assert model is not None
+        dest, tmp = destination.path, destination.temp
         self.progress.stage("decode", 0, len(produced))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        names: list[str] = []
+        written = 0
         try:
-            names = []
             # Decoded a few at a time and written at once: full-size images never pile up in memory.
             for k, (i, image) in enumerate(zip(produced, decode_chunks(model, latents), strict=True)):
                 self.cancel.check()
@@ -230,6 +240,7 @@ class Run:
                 rgb = frames.to_source(image.permute(1, 2, 0).numpy(), size)
                 name = frames.result_name(frame.path)
                 frames.write_png(tmp / name, rgb, frame.bit_depth)
+                written += (tmp / name).stat().st_size
                 names.append(name)
                 self.progress.stage("write", k + 1, len(produced))
             metrics = self._evaluate(shot, tmp, produced) if job.evaluate and not preview else None
@@ -247,11 +258,12 @@ class Run:
                 "metrics": metrics,
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-            self.cancel.check()
-            os.rename(tmp, dest)  # atomic on one file system; refuses an existing non-empty folder
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError as exc:
+            if not names:  # nothing written yet: a source frame's size is the best guess of one result
+                written = shot.frames[produced[0]].path.stat().st_size if produced else 0
+            raise disk_full(dest.parent, written, max(len(names), 1), len(produced), exc) from exc
+        self.cancel.check()  # a cancel, or a caller gone (stdin or stdout closed), before the rename
+        os.rename(tmp, dest)  # atomic on one file system; refuses an existing non-empty folder
         files = [str(dest / n) for n in names]
         if preview:
             self.emit(protocol.EVENT_PREVIEW, files=files, indices=produced)
@@ -283,11 +295,21 @@ class Run:
         )
 
 
-def execute(job: protocol.Job, emit: Emitter, cancel: CancelToken, model: Model | None = None) -> int:
-    """Run a job, report it as events, and return the process exit code."""
+def execute(
+    job: protocol.Job,
+    emit: Emitter,
+    cancel: CancelToken,
+    model: Model | None = None,
+    ready: preflight.Ready | None = None,
+) -> int:
+    """Run a job, report it as events, and return the process exit code.
+
+    `ready` is the result of :func:`preflight.check` when the caller ran it already (the command
+    line does, before importing this module); otherwise the run checks the job itself.
+    """
     started = time.monotonic()
     try:
-        done = Run(job, emit, cancel, model).execute()
+        done = Run(job, emit, cancel, model, ready).execute()
     except EngineError as exc:
         if exc.kind == "cancelled":
             emit(protocol.EVENT_CANCELLED, message=exc.message)
@@ -307,4 +329,9 @@ def execute(job: protocol.Job, emit: Emitter, cancel: CancelToken, model: Model 
         return protocol.EXIT_INTERNAL
     done["seconds"] = round(time.monotonic() - started, 2)
     emit(protocol.EVENT_DONE, **done)
+    if getattr(emit, "broken", False) and done.get("output"):
+        # Nobody heard `done` (stdout closed): a result folder must never exist without it.
+        withdraw(Path(done["output"]))
+        log.warning("stdout is closed, so the result could not be announced; it was removed")
+        return protocol.EXIT_CANCELLED
     return protocol.EXIT_OK
