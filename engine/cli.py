@@ -123,11 +123,16 @@ def _run_job(job: protocol.Job) -> int:
         ready = check(job)
     except EngineError as exc:
         return _fail(exc.kind, exc.message)
+    emit = Emitter(on_broken=lambda: cancel.cancel(STDOUT_GONE))
     try:
-        _quiet_libraries()
-        from .runner import execute
-
-        emit = Emitter(on_broken=lambda: cancel.cancel(STDOUT_GONE))
+        with cancel.interruptible():  # the ML stack's import takes seconds
+            _quiet_libraries()
+            from .runner import execute
+    except EngineError as exc:  # cancelled meanwhile
+        ready.release()
+        emit(protocol.EVENT_CANCELLED, message=exc.message)
+        return protocol.EXIT_CODES[exc.kind]
+    try:
         return execute(job, emit, cancel, ready=ready)
     finally:
         ready.release()

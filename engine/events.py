@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import logging
 import os
 import signal
@@ -9,7 +11,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from . import protocol
@@ -77,25 +79,50 @@ def stdin_is_lifeline() -> bool:
 
 class CancelToken:
     """Set by SIGTERM / SIGINT, a `cancel` line on stdin, or the caller's end of stdin closing;
-    checked between UNet calls."""
+    checked between UNet calls. Inside :meth:`interruptible` (imports, model loading: long
+    stretches without checks) a cancel interrupts the main thread at once."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.reason = "cancelled by request; nothing was written"
+        self._interruptible = 0
+        self._signals = False
 
     def cancel(self, reason: str = "") -> None:
         if reason and not self.event.is_set():
             self.reason = reason
         self.event.set()
+        if (
+            self._interruptible
+            and self._signals
+            and threading.current_thread() is not threading.main_thread()
+        ):
+            _thread.interrupt_main(signal.SIGTERM)  # runs _on_signal in the main thread
 
     def check(self) -> None:
         if self.event.is_set():
             raise Cancelled(self.reason)
 
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        self.check()
+        self._interruptible += 1
+        try:
+            yield
+        finally:
+            self._interruptible -= 1
+        self.check()
+
+    def _on_signal(self, *_: Any) -> None:
+        self.cancel()
+        if self._interruptible:  # the main thread is inside an interruptible stretch
+            raise Cancelled(self.reason)
+
     def listen(self, stdin: bool = True) -> None:
         """Install signal handlers (main thread only) and, if asked, a stdin reader thread."""
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.cancel())
+            signal.signal(sig, self._on_signal)
+        self._signals = True
         if stdin and sys.stdin is not None and not sys.stdin.closed:
             lifeline = stdin_is_lifeline()
             threading.Thread(

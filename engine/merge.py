@@ -98,4 +98,3 @@ def merge(parts: list[str | os.PathLike[str]], output: str | os.PathLike[str]) -
         "stats": {"chunks": len(ordered)},
         "metrics": None,
     }
-

@@ -130,7 +130,7 @@ class OutputLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             except OSError as exc:
-                raise storage_error(exc, self.path.parent, "write the lock file into") from exc
+                raise storage_error(exc, self.path.parent, "write into the output's folder") from exc
             if not _try_lock(fd):
                 holder = _read_holder(fd)
                 os.close(fd)
@@ -153,7 +153,7 @@ class OutputLock:
             os.write(self.fd, f"pid {os.getpid()} on {host_name()}\n".encode())
         except OSError as exc:
             self.release()
-            raise storage_error(exc, self.path.parent, "write the lock file into") from exc
+            raise storage_error(exc, self.path.parent, "write into the output's folder") from exc
 
     def release(self) -> None:
         if self.fd is None:

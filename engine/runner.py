@@ -110,15 +110,16 @@ class Run:
             **placement.describe(),
         )
         self.progress.stage("read")
-        shot = frames.read_shot(job.frames)
+        with self.cancel.interruptible():
+            shot = frames.read_shot(job.frames)
         if job.frame_range and job.frame_range[1] > len(shot):
             raise BadInput(f"frame_range {job.frame_range} runs past the shot's {len(shot)} frames")
         self.cancel.check()
         self.progress.stage("load")
         if self.model is None:
-            self.model = load(job.model, placement, job.extra.get("model_config", ""))
+            with self.cancel.interruptible():  # seconds to minutes for a real model: no checks inside
+                self.model = load(job.model, placement, job.extra.get("model_config", ""))
         model = self.model
-        self.cancel.check()
         settings = settings_from_job(job)
         preview = job.stage == protocol.STAGE_PREVIEW
         prompts = Prompts(
