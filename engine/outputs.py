@@ -97,7 +97,27 @@ def remove_stale_temps(parent: Path, own_name: str) -> list[Path]:
         shutil.rmtree(entry, ignore_errors=True)
         if not entry.exists():
             removed.append(entry)
+    removed += [lock for lock in entries if _remove_unheld_lock(lock, own_name)]
     return removed
+
+
+def _remove_unheld_lock(path: Path, own_name: str) -> bool:
+    """Remove a `.<name>.lock` of ours that no process holds (a killed run's); True if removed."""
+    if not (path.name.startswith(".") and path.name.endswith(".lock")) or path.name == f".{own_name}.lock":
+        return False
+    try:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        if not _read_holder(fd).startswith("pid ") or not _try_lock(fd):
+            return False  # not ours, or its run is alive
+        os.unlink(path)  # unlinked while held: a run about to lock it sees the swap and retries
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _check_parents(dest: Path) -> None:

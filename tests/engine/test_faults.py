@@ -3,6 +3,7 @@ a second run on the same output, odd file names, a closed stdout. Nothing is los
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -209,6 +210,12 @@ def test_merge_removes_only_temporary_folders_of_dead_runs_on_this_host(tmp_path
     for folder in stale + kept:
         folder.mkdir()
         (folder / "f.png").write_bytes(b"x")
+    # lock files: a killed run's (nobody holds it), a live run's (held), another program's
+    (tmp_path / ".killed.lock").write_text(f"pid {dead} on {host}\n")
+    (tmp_path / ".alive.lock").write_text(f"pid {os.getpid()} on {host}\n")
+    (tmp_path / ".foreign.lock").write_text("something else\n")
+    held = os.open(tmp_path / ".alive.lock", os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)
     part = tmp_path / "part"
     part.mkdir()
     (part / "a.png").write_bytes(b"png")
@@ -216,11 +223,15 @@ def test_merge_removes_only_temporary_folders_of_dead_runs_on_this_host(tmp_path
     manifest = {"stage": "propagate", "job": job, "keyframes": [0], "frame_range": None}
     manifest.update({"frame_count": 1, "files": ["a.png"], "sources": ["a.png"]})
     (part / "tokenflow.json").write_text(json.dumps(manifest))
-    merge([part], tmp_path / "merged")
+    try:
+        merge([part], tmp_path / "merged")
+    finally:
+        os.close(held)
     assert (tmp_path / "merged" / "a.png").read_bytes() == b"png"
     assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in kept)
-    assert not (tmp_path / ".merged.lock").exists()
+    assert not (tmp_path / ".merged.lock").exists() and not (tmp_path / ".killed.lock").exists()
+    assert (tmp_path / ".alive.lock").exists() and (tmp_path / ".foreign.lock").exists()
 
 
 # -- 10: two runs on one output ------------------------------------------------------------------
