@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import array
 import contextlib
 import logging
 import os
@@ -67,14 +68,37 @@ def _silence_stdout() -> None:
 
 
 def stdin_is_lifeline() -> bool:
-    """True if stdin is a pipe or socket: its end (EOF) then means the caller's process is gone.
+    """True if stdin is a pipe or socket with a writer: its end (EOF) then means the caller's
+    process is gone (a crashed or killed Blender closes its end of the pipe by dying).
 
-    EOF on /dev/null, a regular file or a terminal means nothing (farm workers, CI, shells)."""
+    EOF on /dev/null, a regular file or a terminal means nothing (farm workers, CI, shells), and
+    neither does a pipe that was already closed when the engine started (a harness that gives no
+    input): only a writer that goes away while the engine runs is a caller that died."""
     try:
-        mode = os.fstat(sys.stdin.fileno()).st_mode
+        fd = sys.stdin.fileno()
+        mode = os.fstat(fd).st_mode
     except (AttributeError, OSError, ValueError):
         return False
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        return False
+    return not _closed_already(fd)
+
+
+def _closed_already(fd: int) -> bool:
+    """A pipe at EOF now: readable at once with no bytes waiting (POSIX; elsewhere assume open)."""
+    try:
+        import fcntl
+        import select
+        import termios
+
+        readable, _, _ = select.select([fd], [], [], 0)
+        if not readable:
+            return False
+        waiting = array.array("i", [0])
+        fcntl.ioctl(fd, termios.FIONREAD, waiting, True)
+        return waiting[0] == 0
+    except (ImportError, OSError, ValueError):
+        return False
 
 
 class CancelToken:

@@ -160,17 +160,25 @@ def test_engine_stops_when_its_parent_dies(tiny_model_dir, shot, tmp_path):
     assert not out.exists() and leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("stdin", ["devnull", "file"])
-def test_stdin_at_eof_that_is_not_a_pipe_does_not_cancel(tiny_model_dir, shot, tmp_path, stdin):
-    """Farm workers and CI run the engine with /dev/null or a file as stdin: EOF means nothing."""
+@pytest.mark.parametrize("stdin", ["devnull", "file", "pipe-closed-from-the-start"])
+def test_stdin_at_eof_that_is_not_a_dying_caller_does_not_cancel(tiny_model_dir, shot, tmp_path, stdin):
+    """Farm workers and CI run the engine with /dev/null, a file, or a pipe nobody ever writes to
+    as stdin: EOF there means nothing."""
     out = tmp_path / "out"
     args = edit_args(tiny_model_dir, shot, out, tmp_path / "cache")
     if stdin == "devnull":
         result = run_cli(*args)
-    else:
+    elif stdin == "file":
         (tmp_path / "input.txt").write_text("")
         with open(tmp_path / "input.txt") as fh:
             result = run_cli(*args, stdin=fh)
+    else:
+        read_end, write_end = os.pipe()
+        os.close(write_end)
+        try:
+            result = run_cli(*args, stdin=read_end)
+        finally:
+            os.close(read_end)
     assert result.returncode == 0, result.stdout + result.stderr
     assert cli_events(result.stdout)[-1]["event"] == "done"
     assert len(list(out.glob("*.png"))) == 4
