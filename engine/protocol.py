@@ -18,7 +18,7 @@ PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 
 # --- events (stdout, one JSON object a line, each with an "event" field) -------------------
-EVENT_STARTED = "started"  # device, dtype, torch version, frame count, working size
+EVENT_STARTED = "started"  # frames, width/height (working), padding, source_width/height, device, dtype
 EVENT_PROGRESS = "progress"  # stage, step, total, elapsed, eta (seconds)
 EVENT_KEYFRAMES = "keyframes"  # indices (0-based positions in the job's frame list)
 EVENT_PREVIEW = "preview"  # files (the written keyframe images), indices
