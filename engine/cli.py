@@ -107,7 +107,9 @@ def _frames_in(folder: str) -> list[str]:
 
 
 def _fail(kind: str, message: str) -> int:
-    print(protocol.event_line(protocol.EVENT_ERROR, kind=kind, message=message), flush=True)
+    from .events import Emitter
+
+    Emitter()(protocol.EVENT_ERROR, kind=kind, message=message)  # a closed stdout is no traceback
     return protocol.EXIT_CODES[kind]
 
 
