@@ -101,6 +101,11 @@ def _closed_already(fd: int) -> bool:
         return False
 
 
+class _Interrupted(BaseException):
+    """Raised by a cancel inside :meth:`CancelToken.interruptible`; a BaseException (as
+    KeyboardInterrupt) so that the `except Exception` fallbacks of model loaders do not swallow it."""
+
+
 class CancelToken:
     """Set by SIGTERM / SIGINT, a `cancel` line on stdin, or the caller's end of stdin closing;
     checked between UNet calls. Inside :meth:`interruptible` (imports, model loading: long
@@ -133,6 +138,8 @@ class CancelToken:
         self._interruptible += 1
         try:
             yield
+        except _Interrupted:
+            raise Cancelled(self.reason) from None
         finally:
             self._interruptible -= 1
         self.check()
@@ -140,7 +147,7 @@ class CancelToken:
     def _on_signal(self, *_: Any) -> None:
         self.cancel()
         if self._interruptible:  # the main thread is inside an interruptible stretch
-            raise Cancelled(self.reason)
+            raise _Interrupted()
 
     def listen(self, stdin: bool = True) -> None:
         """Install signal handlers (main thread only) and, if asked, a stdin reader thread."""

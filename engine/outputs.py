@@ -2,10 +2,11 @@
 
 A run writes into `.<name>.tmp-<host>-<pid>` beside its destination and renames that folder into
 place when complete. Before the model loads, :func:`claim` checks the path (no existing folder,
-no file or dangling link on the way), takes a lock that dies with the process (`.<name>.lock`,
-`flock`), removes temporary folders of runs that were killed on this host, and creates the
-temporary folder (which proves the disk takes a write). Standard library only: nothing heavy
-is imported before a bad path is refused.
+no file or dangling link on the way), takes a lock that dies with the process (`flock` on
+`.<name>.tmp-lock/lock`: named like the temporary folders, so that whoever cleans those after a
+killed run, such as the Blender extension, removes it too), removes temporary folders of runs
+that were killed on this host, and creates the temporary folder (which proves the disk takes a
+write). Standard library only: nothing heavy is imported before a bad path is refused.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .errors import BadInput, DiskError, EngineError
 
 log = logging.getLogger(__name__)
 MANIFEST = "tokenflow.json"  # written into every result folder: what its `done` event said
+LOCK_SUFFIX = ".tmp-lock"
 
 # errno values that say the storage, not the path, is the problem.
 DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EIO, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -101,10 +103,11 @@ def remove_stale_temps(parent: Path, own_name: str) -> list[Path]:
     return removed
 
 
-def _remove_unheld_lock(path: Path, own_name: str) -> bool:
-    """Remove a `.<name>.lock` of ours that no process holds (a killed run's); True if removed."""
-    if not (path.name.startswith(".") and path.name.endswith(".lock")) or path.name == f".{own_name}.lock":
+def _remove_unheld_lock(folder: Path, own_name: str) -> bool:
+    """Remove a `.<name>.tmp-lock` folder that no process holds (a killed run's); True if removed."""
+    if not folder.name.endswith(LOCK_SUFFIX) or folder.name == f".{own_name}{LOCK_SUFFIX}":
         return False
+    path = folder / "lock"
     try:
         fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
@@ -113,6 +116,8 @@ def _remove_unheld_lock(path: Path, own_name: str) -> bool:
         if not _read_holder(fd).startswith("pid ") or not _try_lock(fd):
             return False  # not ours, or its run is alive
         os.unlink(path)  # unlinked while held: a run about to lock it sees the swap and retries
+        with contextlib.suppress(OSError):
+            folder.rmdir()
         return True
     except OSError:
         return False
@@ -138,19 +143,24 @@ def _check_parents(dest: Path) -> None:
 
 
 class OutputLock:
-    """An exclusive lock on `.<name>.lock` beside the destination, released when the process dies."""
+    """An exclusive lock on `.<name>.tmp-lock/lock` beside the destination, released when the
+    process dies (a regular file opened for writing: `flock` works on NFS too)."""
 
     def __init__(self, dest: Path) -> None:
         self.dest = dest
-        self.path = dest.parent / f".{dest.name}.lock"
+        self.folder = dest.parent / f".{dest.name}{LOCK_SUFFIX}"
+        self.path = self.folder / "lock"
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        for _ in range(10):  # another run may unlink the file between our open and our lock
+        for _ in range(10):  # another run may remove the file between our open and our lock
             try:
+                self.folder.mkdir(exist_ok=True)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except FileNotFoundError:
+                continue  # its folder was just removed by the run that held it
             except OSError as exc:
-                raise storage_error(exc, self.path.parent, "write into the output's folder") from exc
+                raise storage_error(exc, self.dest.parent, "write into the output's folder") from exc
             if not _try_lock(fd):
                 holder = _read_holder(fd)
                 os.close(fd)
@@ -173,13 +183,15 @@ class OutputLock:
             os.write(self.fd, f"pid {os.getpid()} on {host_name()}\n".encode())
         except OSError as exc:
             self.release()
-            raise storage_error(exc, self.path.parent, "write into the output's folder") from exc
+            raise storage_error(exc, self.dest.parent, "write into the output's folder") from exc
 
     def release(self) -> None:
         if self.fd is None:
             return
         with contextlib.suppress(OSError):
             os.unlink(self.path)  # unlinked while held: the next run locks a fresh file
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()  # fails harmlessly if the next run has already put its file there
         with contextlib.suppress(OSError):
             os.close(self.fd)
         self.fd = None

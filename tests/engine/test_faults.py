@@ -83,7 +83,8 @@ def wait_for_inversion(proc: subprocess.Popen[str]) -> list[dict]:
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or p.name.endswith(".lock"))
+    """What a run keeps beside its output: `.<name>.tmp-<host>-<pid>` and `.<name>.tmp-lock`."""
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
 
 
 @pytest.fixture
@@ -219,10 +220,12 @@ def test_merge_removes_only_temporary_folders_of_dead_runs_on_this_host(tmp_path
         folder.mkdir()
         (folder / "f.png").write_bytes(b"x")
     # lock files: a killed run's (nobody holds it), a live run's (held), another program's
-    (tmp_path / ".killed.lock").write_text(f"pid {dead} on {host}\n")
-    (tmp_path / ".alive.lock").write_text(f"pid {os.getpid()} on {host}\n")
-    (tmp_path / ".foreign.lock").write_text("something else\n")
-    held = os.open(tmp_path / ".alive.lock", os.O_RDWR)
+    for name, text in [("killed", f"pid {dead} on {host}"), ("alive", f"pid {os.getpid()} on {host}")]:
+        (tmp_path / f".{name}.tmp-lock").mkdir()
+        (tmp_path / f".{name}.tmp-lock" / "lock").write_text(text + "\n")
+    (tmp_path / ".foreign.tmp-lock").mkdir()
+    (tmp_path / ".foreign.tmp-lock" / "lock").write_text("something else\n")
+    held = os.open(tmp_path / ".alive.tmp-lock" / "lock", os.O_RDWR)
     fcntl.flock(held, fcntl.LOCK_EX)
     part = tmp_path / "part"
     part.mkdir()
@@ -238,8 +241,9 @@ def test_merge_removes_only_temporary_folders_of_dead_runs_on_this_host(tmp_path
     assert (tmp_path / "merged" / "a.png").read_bytes() == b"png"
     assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in kept)
-    assert not (tmp_path / ".merged.lock").exists() and not (tmp_path / ".killed.lock").exists()
-    assert (tmp_path / ".alive.lock").exists() and (tmp_path / ".foreign.lock").exists()
+    assert not (tmp_path / ".merged.tmp-lock").exists() and not (tmp_path / ".killed.tmp-lock").exists()
+    assert (tmp_path / ".alive.tmp-lock" / "lock").exists()
+    assert (tmp_path / ".foreign.tmp-lock" / "lock").exists()
 
 
 # -- 10: two runs on one output ------------------------------------------------------------------
