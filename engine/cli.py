@@ -40,7 +40,8 @@ OPTION_HELP = {
     "keyframe_mode": "fixed: evenly spaced, the same at every step (preview matches the result); "
     "resample: one random keyframe per block, re-drawn each step (the reference)",
     "seed": "random seed (keyframe draws)",
-    "size": "long side of the working size in pixels, a multiple of 64; results come back at the source size",
+    "size": "long side of the working size in pixels, a multiple of 64; the aspect ratio is kept (the short "
+    "side is padded to a multiple of 64 and cropped back); results come back at the source size",
     "chunk_size": "frames per UNet call: lower it when the GPU runs out of memory",
     "keyframe_batch": "keyframes that attend to each other jointly in one UNet call; beyond this, "
     "keyframes go in groups with their neighbours and a few global anchors (bounded memory for long shots)",
@@ -49,7 +50,7 @@ OPTION_HELP = {
 }
 
 
-def _setup_logging(quiet_libraries: bool = True) -> None:
+def _setup_logging() -> None:
     logging.basicConfig(
         level=os.environ.get("TOKENFLOW_LOG", "INFO"),
         stream=sys.stderr,
@@ -57,9 +58,12 @@ def _setup_logging(quiet_libraries: bool = True) -> None:
     )
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not quiet_libraries:
-        return
-    try:  # progress bars and chatter of the model libraries; costs their import (seconds)
+
+
+def _quiet_libraries() -> None:
+    """Progress bars and chatter of the model libraries off; costs their import (seconds), so it
+    runs only once a job has passed every check that needs no model."""
+    try:
         from diffusers.utils import logging as dlog
         from transformers.utils import logging as tlog
 
@@ -77,7 +81,9 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(DEFAULTS, f.name)
-        help_text = f"{OPTION_HELP[f.name]} (default: {default!r})"
+        help_text = OPTION_HELP[f.name]
+        if "(default" not in help_text:  # a default the help explains itself is not repeated
+            help_text += f" (default: {default!r})"
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", help=OPTION_HELP[f.name])
         else:
@@ -93,7 +99,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _frames_in(folder: str) -> list[str]:
-    from .frames import SUPPORTED
+    from .preflight import SUPPORTED
 
     path = Path(folder)
     if not path.is_dir():
@@ -149,17 +155,40 @@ def _plate_fields(args: argparse.Namespace) -> dict:
 
 
 def _fail(kind: str, message: str) -> int:
-    print(protocol.event_line(protocol.EVENT_ERROR, kind=kind, message=message), flush=True)
+    from .events import Emitter
+
+    Emitter()(protocol.EVENT_ERROR, kind=kind, message=message)  # a closed stdout is no traceback
     return protocol.EXIT_CODES[kind]
 
 
 def _run_job(job: protocol.Job) -> int:
+    """Check everything that needs no model first (no torch yet), then run the job."""
+    from .errors import EngineError
     from .events import CancelToken, Emitter
-    from .runner import execute
+    from .preflight import check
 
     cancel = CancelToken()
-    cancel.listen(stdin=True)
-    return execute(job, Emitter(), cancel)
+    cancel.listen(stdin=True)  # before the slow imports: a caller that dies meanwhile is noticed
+    try:
+        ready = check(job)
+    except EngineError as exc:
+        return _fail(exc.kind, exc.message)
+    emit = Emitter(on_broken=lambda: cancel.cancel(STDOUT_GONE))
+    try:
+        with cancel.interruptible():  # the ML stack's import takes seconds
+            _quiet_libraries()
+            from .runner import execute
+    except EngineError as exc:  # cancelled meanwhile
+        ready.release()
+        emit(protocol.EVENT_CANCELLED, message=exc.message)
+        return protocol.EXIT_CODES[exc.kind]
+    try:
+        return execute(job, emit, cancel, ready=ready)
+    finally:
+        ready.release()
+
+
+STDOUT_GONE = "stopped: the engine's stdout closed, so nobody reads its events any more; nothing was written"
 
 
 def _parse_range(text: str) -> list[int]:
@@ -277,6 +306,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import main as serve
 
+    _quiet_libraries()
     return serve(args.idle_timeout, args.prompts, args.inversion_memory)
 
 
@@ -307,7 +337,9 @@ def _add_serve(sub: Any) -> None:
     serve.set_defaults(func=cmd_serve)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_evaluate: bool = True) -> argparse.ArgumentParser:
+    """The command line; `evaluate`'s own options need the metrics stack (seconds to import), so
+    they are built only when that command (or the top-level help) is asked for."""
     parser = argparse.ArgumentParser(
         prog="python -m engine",
         description="TokenFlow: temporally consistent, text-driven video editing with Stable Diffusion. "
@@ -385,18 +417,28 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_make_tiny_model)
 
+    evaluate_help = "measure an edit's temporal consistency and fidelity"
+    if not with_evaluate:
+        sub.add_parser("evaluate", help=evaluate_help)
+        return parser
     try:
         from . import evaluate
     except ImportError:  # only when the metrics stack is missing
         evaluate = None  # type: ignore[assignment]
     if evaluate is not None:
-        ev = sub.add_parser("evaluate", help="measure an edit's temporal consistency and fidelity")
+        ev = sub.add_parser("evaluate", help=evaluate_help)
         evaluate.add_arguments(ev)
         ev.set_defaults(func=evaluate.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(quiet_libraries=args.command in ("run", "edit", "make-tiny-model", "serve"))
+    argv = sys.argv[1:] if argv is None else argv
+    commands = [a for a in argv if not a.startswith("-")]
+    args = build_parser(with_evaluate=not commands or commands[0] == "evaluate").parse_args(argv)
+    _setup_logging()
+    if args.command == "make-tiny-model":
+        _quiet_libraries()
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(encoding="utf-8")  # events are UTF-8 whatever the locale says
     return int(args.func(args))

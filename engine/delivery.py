@@ -57,17 +57,19 @@ class Delivery:
             return image
         return colours.model_input(self.colour.to_working(image))
 
-    def latent_matte(self, count: int, size: tuple[int, int], factor: int) -> torch.Tensor | None:
-        """The mattes on the latent grid of working size `size` (see matte.Matte.latents), or None."""
+    def latent_matte(self, count: int, size: frames.Geometry, factor: int) -> torch.Tensor | None:
+        """The mattes on the latent grid of the working geometry (see matte.Matte.latents), or None."""
         if self.matte is None:
             return None
-        grid = (size[0] // factor, size[1] // factor)
+        grid = (size.padded[0] // factor, size.padded[1] // factor)
         return self.matte.latents(count, lambda image: frames.to_working(image, size), grid)
 
-    def write(self, folder: Path, frame: frames.Frame, index: int, edit: np.ndarray) -> str:
-        """Write the decoded edit (H x W x 3 in [0, 1] at the working size) of shot frame `index`."""
+    def write(
+        self, folder: Path, frame: frames.Frame, index: int, edit: np.ndarray, size: frames.Geometry
+    ) -> str:
+        """Write the decoded edit (H x W x 3 in [0, 1] on the working canvas) of shot frame `index`."""
         name = frames.result_name(frame.path)
-        rgb = frames.to_source(edit, (frame.width, frame.height))
+        rgb = frames.to_source(edit, size)
         if self.plain and not plates.is_plate(frame.path):
             frames.write_png(folder / name, rgb, frame.bit_depth)
             return name

@@ -25,6 +25,12 @@ class OutOfMemory(EngineError):
     kind = "out_of_memory"
 
 
+class DiskError(EngineError):
+    """The output (or cache) storage cannot take the result: read-only, full, or failing."""
+
+    kind = "disk"
+
+
 class Cancelled(EngineError):
     kind = "cancelled"
 

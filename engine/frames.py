@@ -1,7 +1,8 @@
 """Reading a shot's frames, sizing them for the model, and writing results back at the source size.
 
 OpenCV decodes PNG, JPEG and TIFF at 8 and 16 bits; frames go to the model as sRGB in [-1, 1] at a
-working size whose sides are multiples of 64, and come back as PNG at the source size and bit depth.
+working size that keeps their aspect ratio (long side `size`, padded to multiples of 64, see
+:class:`Geometry`), and come back as PNG at the source size and bit depth.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import numpy as np
 
 from . import plates
 from .errors import BadInput
+from .preflight import SUPPORTED  # noqa: F401 (the engine's image types, named where they are checked)
 
 # OpenCV's own thread pool fights torch's OpenMP threads for the cores (spinning waits can make a
 # step ten times slower on a small machine); the image work here is light, so keep it on one thread.
 cv2.setNumThreads(1)
 
-SUPPORTED = (".png", ".jpg", ".jpeg", ".tif", ".tiff", *plates.SUFFIXES)
 MULTIPLE = 64
 
 
@@ -76,7 +77,12 @@ def decode_image(path: Path, data: bytes) -> tuple[np.ndarray, int]:
     if plates.is_plate(path):
         plate = plates.read(path)
         return plate.display_rgb(), plate.bit_depth
-    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if not data:
+        raise BadInput(f"frame file {path} is empty (0 bytes); render or export that frame again")
+    try:
+        raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # OpenCV's own size limit, or a header it cannot take
+        raw = None
     if raw is None:
         raise BadInput(f"{path} could not be decoded as an image; re-export it as PNG, JPEG or TIFF")
     if raw.dtype == np.uint8:
@@ -132,29 +138,69 @@ def read_shot(paths: Sequence[str | os.PathLike[str]]) -> Shot:
     return Shot(frames)
 
 
-def working_size(width: int, height: int, long_side: int) -> tuple[int, int]:
-    """(w, h) with the source aspect ratio, the long side near `long_side`, both multiples of 64."""
+@dataclass(frozen=True)
+class Geometry:
+    """How a source frame maps onto the model's canvas, keeping the aspect ratio exactly.
+
+    The frame is scaled so that its long side is the working size, then padded (reflected, so the
+    model sees no hard edge) up to multiples of 64; after decoding the padding is cropped off and
+    the frame is scaled back to the source size. Stretching to 64-multiples instead distorted
+    odd sizes (500x300 was edited at 256x128, 2:1 instead of 1.67:1).
+    """
+
+    source: tuple[int, int]  # (w, h) of the source frames
+    scaled: tuple[int, int]  # (w, h) of the picture on the canvas (the source aspect, rounded)
+    padded: tuple[int, int]  # (w, h) of the canvas: multiples of 64, what the model sees
+    offset: tuple[int, int]  # (left, top) of the picture on the canvas
+
+    @property
+    def padding(self) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) pixels of padding around the picture."""
+        (left, top), (w, h), (pw, ph) = self.offset, self.scaled, self.padded
+        return top, ph - h - top, left, pw - w - left
+
+
+def geometry(width: int, height: int, long_side: int) -> Geometry:
+    """The working geometry of a (width, height) source: long side `long_side`, padded to 64s."""
     scale = long_side / max(width, height)
-    w = max(MULTIPLE, round(width * scale / MULTIPLE) * MULTIPLE)
-    h = max(MULTIPLE, round(height * scale / MULTIPLE) * MULTIPLE)
-    return w, h
+    w = max(1, min(long_side, round(width * scale)))
+    h = max(1, min(long_side, round(height * scale)))
+    pw = -(-w // MULTIPLE) * MULTIPLE
+    ph = -(-h // MULTIPLE) * MULTIPLE
+    return Geometry((width, height), (w, h), (pw, ph), ((pw - w) // 2, (ph - h) // 2))
 
 
-def to_working(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize one RGB [0, 1] frame to the working size (area filter when shrinking)."""
+def working_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """(w, h) of the model's canvas for a source of this size: multiples of 64 (see :func:`geometry`)."""
+    return geometry(width, height, long_side).padded
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     w, h = size
+    if image.shape[1] == w and image.shape[0] == h:
+        return image
     shrinking = w < image.shape[1] or h < image.shape[0]
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
 
 
-def to_source(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a result back to the source (w, h), clipped to [0, 1]."""
-    w, h = size
-    if image.shape[1] == w and image.shape[0] == h:
-        return np.clip(image, 0.0, 1.0)
-    shrinking = w < image.shape[1] or h < image.shape[0]
-    out = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
-    return np.clip(out, 0.0, 1.0)
+def to_working(image: np.ndarray, size: Geometry | tuple[int, int]) -> np.ndarray:
+    """One RGB [0, 1] frame on the model's canvas: scaled (area filter when shrinking) and padded.
+
+    A plain (w, h) size resizes to exactly that size (no padding)."""
+    if not isinstance(size, Geometry):
+        return _resize(image, size)
+    top, bottom, left, right = size.padding
+    scaled = _resize(image, size.scaled)
+    return cv2.copyMakeBorder(scaled, top, bottom, left, right, cv2.BORDER_REFLECT_101)
+
+
+def to_source(image: np.ndarray, size: Geometry | tuple[int, int]) -> np.ndarray:
+    """A result back at the source (w, h), clipped to [0, 1]: the padding cropped off, then scaled."""
+    if isinstance(size, Geometry):
+        (left, top), (w, h) = size.offset, size.scaled
+        image = image[top : top + h, left : left + w]
+        size = size.source
+    return np.clip(_resize(image, size), 0.0, 1.0)
 
 
 def result_name(source: Path) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInput
-from .runner import MANIFEST, check_output
+from .outputs import MANIFEST, Destination, refuse_existing, storage_error
 
 # Job fields that may differ between chunks of one shot.
 PER_CHUNK = {"output", "frame_range", "cache_dir", "device", "chunk_size", "evaluate", "extra"}
@@ -34,7 +34,8 @@ def merge(parts: list[str | os.PathLike[str]], output: str | os.PathLike[str]) -
     """Check the chunks, then write their frames into `output` (which must not exist)."""
     if not parts:
         raise BadInput("no chunk folders given to merge")
-    dest = check_output(str(output))
+    dest = Path(output).expanduser().absolute()
+    refuse_existing(dest)
     manifests = [(Path(p), _manifest(Path(p))) for p in parts]
     first = manifests[0][1]
     n = first.get("frame_count", len(first["sources"]))
@@ -67,10 +68,8 @@ def merge(parts: list[str | os.PathLike[str]], output: str | os.PathLike[str]) -
             if not (part / name).is_file():
                 raise BadInput(f"{part / name} is missing; re-run that chunk")
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    claimed = Destination(str(dest)).claim()  # locked, stale temporary folders of killed runs removed
+    tmp = claimed.temp
     try:
         files: list[str] = []
         for part, m in ordered:
@@ -87,9 +86,10 @@ def merge(parts: list[str | os.PathLike[str]], output: str | os.PathLike[str]) -
         merged["job"] = {**first["job"], "output": str(dest), "frame_range": None}
         (tmp / MANIFEST).write_text(json.dumps(merged, indent=2))
         os.rename(tmp, dest)
+    except OSError as exc:
+        raise storage_error(exc, dest.parent, "write the merged result into") from exc
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        claimed.release()
     return {
         "output": str(dest),
         "files": [str(dest / f) for f in files],

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 PROTOCOL_VERSION = 1
+# Job versions this engine reads; a job of another version is refused with this list.
+SUPPORTED_VERSIONS = (1,)
 
 # --- events (stdout, one JSON object a line, each with an "event" field) -------------------
-EVENT_STARTED = "started"  # device, dtype, torch version, frame count, working size
+EVENT_STARTED = "started"  # frames, width/height (working), padding, source_width/height, device, dtype
 EVENT_PROGRESS = "progress"  # stage, step, total, elapsed, eta (seconds)
 EVENT_KEYFRAMES = "keyframes"  # indices (0-based positions in the job's frame list)
 EVENT_PREVIEW = "preview"  # files (the written keyframe images), indices
@@ -39,8 +42,18 @@ EVENTS = (
     EVENT_READY,
 )
 
+# Event order of one run:
+#   checks that need no model (job fields, frame headers, output and cache folders): on failure
+#     one `error` and nothing else;
+#   `started` (frame count, working and source size, padding, device and dtype): always the first
+#     event of a run that passed those checks, before any `progress`;
+#   `progress` events (stages below), `keyframes`, `preview` (preview stage only);
+#   exactly one of `done`, `error` or `cancelled`, last. The output folder appears (atomically)
+#   just before `done`; a run that cannot write its `done` (stdout closed: its caller is gone)
+#   removes that folder again, so a result folder on disk always had its `done` sent. Its
+#   `tokenflow.json` manifest repeats what `done` said (files, indices, keyframes, stats).
 # Progress stages, in the order a run goes through them.
-STAGES = ("load", "read", "inversion", "preview", "propagate", "decode", "write", "evaluate")
+STAGES = ("read", "load", "inversion", "keyframes", "propagate", "per-frame", "decode", "write", "evaluate")
 
 # --- error kinds and exit codes ------------------------------------------------------------
 EXIT_OK = 0
@@ -49,12 +62,14 @@ EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 3
 EXIT_OUT_OF_MEMORY = 4
 EXIT_MODEL = 5
+EXIT_DISK = 6  # the output folder's storage is read-only, full or failing (the message names it)
 EXIT_CODES = {
     "internal": EXIT_INTERNAL,
     "bad_input": EXIT_BAD_INPUT,
     "cancelled": EXIT_CANCELLED,
     "out_of_memory": EXIT_OUT_OF_MEMORY,
     "model": EXIT_MODEL,
+    "disk": EXIT_DISK,
 }
 
 # A line on the engine's stdin that asks it to stop (as SIGTERM / SIGINT do).
@@ -138,6 +153,7 @@ class Job:
     def from_dict(cls, data: dict[str, Any]) -> Job:
         if not isinstance(data, dict):
             raise JobError("a job must be a JSON object")
+        _validate_version(data.get("version", PROTOCOL_VERSION))  # before fields a newer version may add
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -159,15 +175,25 @@ class Job:
 
     # -- validation (both sides run it: Blender before starting, the engine on arrival) ----
     def validate(self) -> None:
-        """Raise :class:`JobError` naming the first field that is out of range."""
+        """Raise :class:`JobError` naming the first field that is out of range or of the wrong type."""
+        _validate_version(self.version)
         if not isinstance(self.frames, list) or not all(isinstance(f, str) for f in self.frames):
             raise JobError("'frames' must be a list of image file paths")
         if not self.frames:
             raise JobError("no frames: give at least one image file")
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise JobError("the prompt is empty: describe the edit, e.g. 'a watercolor painting'")
-        if self.stage != STAGE_INVERT and (not isinstance(self.output, str) or not self.output.strip()):
+        if not isinstance(self.output, str):
+            raise JobError(f"'output' must be a string (a folder path), got {self.output!r}")
+        if self.stage != STAGE_INVERT and not self.output.strip():
             raise JobError("'output' must name a folder that does not exist yet")
+        for name in ("negative_prompt", "source_prompt", "cache_dir", "model"):
+            _string(name, getattr(self, name))
+        _boolean("evaluate", self.evaluate)
+        if not isinstance(self.extra, dict):
+            raise JobError(f"'extra' must be an object (a dict of settings), got {self.extra!r}")
+        if not isinstance(self.extra.get("model_config", ""), str):
+            raise JobError("'extra.model_config' must be a string (a local diffusers folder)")
         _choice("stage", self.stage, STAGES_OF_JOB)
         _choice("keyframe_mode", self.keyframe_mode, KEYFRAME_MODES)
         _choice("edit_mode", self.edit_mode, EDIT_MODES)
@@ -273,9 +299,28 @@ def _validate_matte_fields(job: Job) -> None:
             "give one matte image per frame"
         )
     _choice("matte_channel", job.matte_channel, MATTE_CHANNELS)
-    if not isinstance(job.matte_invert, bool):
-        raise JobError(f"'matte_invert' must be true or false, got {job.matte_invert!r}")
+    _boolean("matte_invert", job.matte_invert)
     _number("matte_feather", job.matte_feather, 0.0, 1000.0)
+
+
+def _validate_version(version: Any) -> None:
+    if isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
+        speaks = ", ".join(str(v) for v in SUPPORTED_VERSIONS)
+        raise JobError(
+            f"the job's protocol 'version' is {version!r} but this engine speaks version(s) {speaks}; "
+            "update the engine (or the extension) so that both speak the same version"
+        )
+
+
+def _string(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise JobError(f"'{name}' must be a string, got {value!r}")
+
+
+def _boolean(name: str, value: Any) -> None:
+    """JSON true / false only: a string such as "no" is not silently true."""
+    if not isinstance(value, bool):
+        raise JobError(f"'{name}' must be true or false, got {value!r}")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -300,11 +345,20 @@ def _number(name: str, value: Any, low: float, high: float, low_open: bool = Fal
 
 
 # --- events --------------------------------------------------------------------------------
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def event_line(event: str, **payload: Any) -> str:
-    """One event as a JSON line (no trailing newline)."""
+    """One event as a JSON line (no trailing newline), always encodable as UTF-8.
+
+    A file name that is not valid UTF-8 reaches Python as lone surrogates (surrogateescape); they
+    are written as JSON escapes (`\\udcff`), never as raw bytes: the line stays valid UTF-8, and a
+    Python reader gets the exact name back (`os.fsencode` of the parsed string).
+    """
     if event not in EVENTS:
         raise ValueError(f"unknown event {event!r}")
-    return json.dumps({"event": event, **payload}, ensure_ascii=False)
+    text = json.dumps({"event": event, **payload}, ensure_ascii=False)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def parse_event(line: str) -> dict[str, Any] | None:

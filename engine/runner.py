@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,33 +13,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import delivery, devices, frames, protocol
+from . import delivery, devices, frames, preflight, protocol
 from .editing import Editor, EditSettings, Prompts, decode_chunks, edit_timesteps, injection_steps
 from .errors import BadInput, EngineError, OutOfMemory, is_out_of_memory
 from .events import CancelToken, Emitter, Progress
 from .fingerprint import INDEX_NAME, DigestIndex
 from .inversion import InversionCache, InversionSettings, encode, invert, schedule_fingerprint
 from .models import Model, load
+from .outputs import MANIFEST, Destination, disk_full, refuse_existing, withdraw
+from .preflight import default_cache_dir  # noqa: F401 (where callers have looked for it)
 
 log = logging.getLogger(__name__)
-MANIFEST = "tokenflow.json"
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("TOKENFLOW_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tokenflow"
 
 
 def check_output(output: str) -> Path:
     """The destination must not exist: results never overwrite anything."""
     dest = Path(output).expanduser().absolute()
-    if dest.exists():
-        raise BadInput(
-            f"the output folder {dest} already exists; results never overwrite, choose a new folder"
-        )
+    refuse_existing(dest)
     return dest
 
 
@@ -79,8 +68,10 @@ class Run:
         model: Model | None = None,
         loader: Callable[[protocol.Job], Model] | None = None,
         inversions: Any = None,
+        ready: preflight.Ready | None = None,
     ) -> None:
         self.job = job
+        self.ready = ready
         self.emit = emit
         self.cancel = cancel
         self.model = model
@@ -99,36 +90,57 @@ class Run:
 
     # -- stages ---------------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
+        """Check (unless the caller did), announce, then do the work; the output claim is always let go."""
+        if self.ready is None:
+            self.ready = preflight.check(self.job)
+        try:
+            return self._execute(self.ready)
+        finally:
+            self.ready.release()
+
+    def _open(self, ready: preflight.Ready, **announce: Any) -> tuple[frames.Shot, frames.Geometry, Model]:
+        """What every run does first: announce it (`started` is the first event), read and check the
+        frames, load the model. Returns the shot, its working geometry and the model."""
         job = self.job
-        invert_only = job.stage == protocol.STAGE_INVERT
-        dest = None if invert_only else check_output(job.output)
         self.delivery = delivery.from_job(job)  # colour space and matte, refused before any work
+        self.cancel.check()
+        placement = self.model.placement if self.model is not None else devices.choose(job.device)
+        source_size = ready.size
+        if not all(source_size):  # no header was understood: the size comes from decoding
+            source_size = frames.read_shot(job.frames[:1]).size
+        size = frames.geometry(*source_size, job.size)
+        self.emit(
+            protocol.EVENT_STARTED,
+            frames=len(job.frames),
+            width=size.padded[0],
+            height=size.padded[1],
+            padding=list(size.padding),
+            source_width=source_size[0],
+            source_height=source_size[1],
+            **announce,
+            **placement.describe(),
+        )
         self.progress.stage("read")
-        shot = frames.read_shot(job.frames)
+        with self.cancel.interruptible():
+            shot = frames.read_shot(job.frames)
         self.delivery.check(shot, job.evaluate)
         if job.frame_range and job.frame_range[1] > len(shot):
             raise BadInput(f"frame_range {job.frame_range} runs past the shot's {len(shot)} frames")
         self.cancel.check()
         self.progress.stage("load")
         if self.model is None:
-            self.model = self._load_model()
-        model = self.model
-        size = frames.working_size(*shot.size, job.size)
-        self.emit(
-            protocol.EVENT_STARTED,
-            frames=len(shot),
-            width=size[0],
-            height=size[1],
-            source_width=shot.size[0],
-            source_height=shot.size[1],
-            **model.placement.describe(),
-        )
+            with self.cancel.interruptible():  # seconds to minutes for a real model: no checks inside
+                self.model = self._load_model(placement)
+        return shot, size, self.model
+
+    def _execute(self, ready: preflight.Ready) -> dict[str, Any]:
+        job = self.job
+        invert_only = job.stage == protocol.STAGE_INVERT
+        shot, size, model = self._open(ready)
         settings = settings_from_job(job)
         preview = job.stage == protocol.STAGE_PREVIEW
         prompts = Prompts(
-            model.encode_prompt(job.source_prompt),
-            model.encode_prompt(job.negative_prompt),
-            model.encode_prompt(job.prompt),
+            self._encode(job.source_prompt), self._encode(job.negative_prompt), self._encode(job.prompt)
         )
         editor = Editor(model, settings, lambda t: source(t), prompts, on_call=self._on_edit_call)
         needed = list(range(len(shot))) if invert_only else editor.needed(len(shot), preview)
@@ -152,10 +164,12 @@ class Run:
         self.emit(protocol.EVENT_KEYFRAMES, indices=result.keyframes)
         conv, qk = injection_steps(settings)
         self.stats["injection_steps"] = {"residual": conv, "qk": qk}
-        assert dest is not None
-        return self._write(shot, dest, result.frames, result.latents, result.keyframes, preview)
+        assert ready.destination is not None
+        return self._write(
+            shot, size, ready.destination, result.frames, result.latents, result.keyframes, preview
+        )
 
-    def _source_latents(self, shot: frames.Shot, size: tuple[int, int], needed: list[int]):
+    def _source_latents(self, shot: frames.Shot, size: frames.Geometry, needed: list[int]):
         """Inverted latents at every edit timestep for the frames the run reads, cached per frame.
 
         Frames the run never reads (outside a farm chunk's reach) stay zero and are not inverted.
@@ -167,14 +181,14 @@ class Run:
         inv = InversionSettings(
             model_identity=model.fingerprint(DigestIndex(cache.root / INDEX_NAME)),
             dtype=str(model.placement.dtype),
-            width=size[0],
-            height=size[1],
+            width=size.padded[0],
+            height=size.padded[1],
             steps=job.steps,
             prompt=job.source_prompt,
             scheduler=schedule_fingerprint(model.scheduler_config),
         )
         wanted = sorted(edit_timesteps(model, EditSettings(steps=job.steps)))
-        h, w = size[1] // model.vae_factor, size[0] // model.vae_factor
+        h, w = size.padded[1] // model.vae_factor, size.padded[0] // model.vae_factor
         shape = (len(wanted), 4, h, w)
         found = {i: cache.get(inv, shot.frames[i].cache_key, wanted, shape) for i in needed}
         missing = [i for i in needed if found[i] is None]
@@ -210,12 +224,12 @@ class Run:
         index = {t: k for k, t in enumerate(wanted)}
         return lambda t: stacked[index[int(t)]]
 
-    def _load_model(self) -> Model:
+    def _load_model(self, placement: Any) -> Model:
         """The warm engine's loaded model (its loader), or a fresh load for a one-shot run."""
         job = self.job
         if self.loader is not None:
             return self.loader(job)
-        return load(job.model, devices.choose(job.device), job.extra.get("model_config", ""))
+        return load(job.model, placement, job.extra.get("model_config", ""))
 
     def _encode(self, text: str) -> torch.Tensor:
         """A prompt's text embeddings (a variation run encodes each distinct prompt once)."""
@@ -246,21 +260,28 @@ class Run:
         self.progress.advance(stage, n)
 
     def _write(
-        self, shot, dest: Path, produced: list[int], latents: torch.Tensor, keys: list[int], preview: bool
-    ):
+        self,
+        shot: frames.Shot,
+        size: frames.Geometry,
+        destination: Destination,
+        produced: list[int],
+        latents: torch.Tensor,
+        keys: list[int],
+        preview: bool,
+    ) -> dict[str, Any]:
+        """Decode and write into the claimed temporary folder, then rename it into place at once."""
         model, job = self.model, self.job
         assert model is not None
+        dest, tmp = destination.path, destination.temp
         self.progress.stage("decode", 0, len(produced))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        names: list[str] = []
+        written = 0
         try:
-            names = []
             # Decoded a few at a time and written at once: full-size images never pile up in memory.
             for k, (i, image) in enumerate(zip(produced, decode_chunks(model, latents), strict=True)):
                 self.cancel.check()
-                name = self.delivery.write(tmp, shot.frames[i], i, image.permute(1, 2, 0).numpy())
+                name = self.delivery.write(tmp, shot.frames[i], i, image.permute(1, 2, 0).numpy(), size)
+                written += (tmp / name).stat().st_size
                 names.append(name)
                 self.progress.stage("write", k + 1, len(produced))
             metrics = self._evaluate(shot, tmp, produced) if job.evaluate and not preview else None
@@ -280,11 +301,12 @@ class Run:
                 "seconds": round(time.monotonic() - self.progress.start, 2),  # the run so far
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-            self.cancel.check()
-            os.rename(tmp, dest)  # atomic on one file system; refuses an existing non-empty folder
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError as exc:
+            if not names:  # nothing written yet: a source frame's size is the best guess of one result
+                written = shot.frames[produced[0]].path.stat().st_size if produced else 0
+            raise disk_full(dest.parent, written, max(len(names), 1), len(produced), exc) from exc
+        self.cancel.check()  # a cancel, or a caller gone (stdin or stdout closed), before the rename
+        os.rename(tmp, dest)  # atomic on one file system; refuses an existing non-empty folder
         files = [str(dest / n) for n in names]
         if preview:
             self.emit(protocol.EVENT_PREVIEW, files=files, indices=produced)
@@ -323,14 +345,20 @@ def execute(
     model: Model | None = None,
     loader: Callable[[protocol.Job], Model] | None = None,
     inversions: Any = None,
+    ready: preflight.Ready | None = None,
 ) -> int:
-    """Run a job, report it as events, and return the process exit code."""
+    """Run a job, report it as events, and return the process exit code.
+
+    `ready` is the result of :func:`preflight.check` when the caller ran it already (the command
+    line does, before importing this module); otherwise the run checks the job itself. `loader`
+    and `inversions` are the warm engine's (engine/serve.py): its loaded model and memory cache.
+    """
     started = time.monotonic()
     try:
         run_class = Run
         if job.variations:  # several previews sharing one model load and one inversion
             from .variations import VariationRun as run_class
-        done = run_class(job, emit, cancel, model, loader, inversions).execute()
+        done = run_class(job, emit, cancel, model, loader, inversions, ready).execute()
     except EngineError as exc:
         if exc.kind == "cancelled":
             emit(protocol.EVENT_CANCELLED, message=exc.message)
@@ -350,4 +378,9 @@ def execute(
         return protocol.EXIT_INTERNAL
     done["seconds"] = round(time.monotonic() - started, 2)
     emit(protocol.EVENT_DONE, **done)
+    if getattr(emit, "broken", False) and done.get("output"):
+        # Nobody heard `done` (stdout closed): a result folder must never exist without it.
+        withdraw(Path(done["output"]))
+        log.warning("stdout is closed, so the result could not be announced; it was removed")
+        return protocol.EXIT_CANCELLED
     return protocol.EXIT_OK

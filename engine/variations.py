@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from . import delivery, frames, protocol
+from . import preflight, protocol
 from .editing import Editor, Prompts, injection_steps
-from .runner import Run, check_output, settings_from_job
+from .runner import Run, settings_from_job
 
 
 def variation_jobs(job: protocol.Job) -> list[protocol.Job]:
@@ -43,30 +43,10 @@ def variation_jobs(job: protocol.Job) -> list[protocol.Job]:
 class VariationRun(Run):
     """A run of `job.variations`; `execute()` returns a `done` payload that lists every variation."""
 
-    def execute(self) -> dict[str, Any]:
+    def _execute(self, ready: preflight.Ready) -> dict[str, Any]:
         base = self.job
         jobs = variation_jobs(base)
-        dests = [check_output(j.output) for j in jobs]
-        self.delivery = delivery.from_job(base)  # colour space and matte, refused before any work
-        self.progress.stage("read")
-        shot = frames.read_shot(base.frames)
-        self.delivery.check(shot, base.evaluate)
-        self.cancel.check()
-        self.progress.stage("load")
-        if self.model is None:
-            self.model = self._load_model()
-        model = self.model
-        size = frames.working_size(*shot.size, base.size)
-        self.emit(
-            protocol.EVENT_STARTED,
-            frames=len(shot),
-            width=size[0],
-            height=size[1],
-            source_width=shot.size[0],
-            source_height=shot.size[1],
-            variations=len(jobs),
-            **model.placement.describe(),
-        )
+        shot, size, model = self._open(ready, variations=len(jobs))
         self._embeds: dict[str, torch.Tensor] = {}
         embeds, encode = self._embeds, self._encode
         source_embeds, negative = encode(base.source_prompt), encode(base.negative_prompt)
@@ -87,7 +67,7 @@ class VariationRun(Run):
         written: list[Path] = []
         results = []
         try:
-            for k, (job, editor, dest) in enumerate(zip(jobs, editors, dests, strict=True)):
+            for k, (job, editor, dest) in enumerate(zip(jobs, editors, ready.destinations, strict=True)):
                 # Each variation's stats are its own work; the first also carries the shared inversion.
                 self.stats = {**shared, "unet_seconds": shared.get("unet_seconds", 0.0) if k == 0 else 0.0}
                 if k:
@@ -101,10 +81,12 @@ class VariationRun(Run):
                 self.stats["injection_steps"] = {"residual": conv, "qk": qk}
                 self.job = job  # the manifest records the variation as a job of its own
                 try:
-                    done = self._write(shot, dest, result.frames, result.latents, result.keyframes, True)
+                    done = self._write(
+                        shot, size, dest, result.frames, result.latents, result.keyframes, True
+                    )
                 finally:
                     self.job = base
-                written.append(dest)
+                written.append(dest.path)
                 results.append({**done, "prompt": job.prompt, "seed": job.seed})
         except BaseException:
             # A cancelled or failed run adds nothing, not even the variations it had finished.

@@ -70,6 +70,7 @@ def engine_command(*args: str) -> list[str]:
 
 def run_cli(*args: str, timeout: float = 300, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    kwargs.setdefault("stdin", subprocess.DEVNULL)  # as on a farm worker: no caller to outlive
     return subprocess.run(
         engine_command(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env, **kwargs
     )

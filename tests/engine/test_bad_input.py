@@ -169,3 +169,44 @@ def test_a_frame_changed_during_the_run_is_refused(shot):
     Path(shot[1]).write_bytes(Path(shot[2]).read_bytes())
     with pytest.raises(BadInput, match="changed while the job ran"):
         frame.load()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("negative_prompt", 3, ("'negative_prompt' must be a string",)),
+        ("source_prompt", ["a", "car"], ("'source_prompt' must be a string",)),
+        ("cache_dir", False, ("'cache_dir' must be a string",)),
+        ("model", 1.5, ("'model' must be a string",)),
+        ("output", 7, ("'output' must be a string",)),
+        ("extra", ["model_config"], ("'extra' must be an object",)),
+        ("extra", {"model_config": 5}, ("'extra.model_config' must be a string",)),
+        ("evaluate", "no", ("'evaluate' must be true or false", "'no'")),
+        ("evaluate", 1, ("'evaluate' must be true or false",)),
+        ("matte_invert", "yes", ("'matte_invert' must be true or false",)),
+        ("frame_range", "0:8", ("'frame_range' must be [start, end]",)),
+        ("frame_range", [0, True], ("'frame_range' must be [start, end]",)),
+        ("steps", "3", ("'steps' must be a whole number",)),
+        ("stage", ["preview"], ("'stage'", "preview, propagate, invert")),
+    ],
+)
+def test_every_job_field_is_type_checked(field, value, words, tmp_path):
+    data = {"frames": ["a.png"], "output": str(tmp_path / "o"), "prompt": "x", field: value}
+    with pytest.raises(protocol.JobError) as err:
+        protocol.Job.from_dict(data)
+    for word in words:
+        assert word in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("version", [2, 0, "1", True, None])
+def test_unknown_protocol_version_is_refused_with_the_versions_spoken(version, tmp_path):
+    data = {"frames": ["a.png"], "output": str(tmp_path / "o"), "prompt": "x", "version": version}
+    data["a_field_of_a_newer_version"] = 1  # the version is named first, not the unknown field
+    with pytest.raises(protocol.JobError) as err:
+        protocol.Job.from_dict(data)
+    message = str(err.value)
+    assert "'version'" in message and repr(version) in message
+    assert ", ".join(map(str, protocol.SUPPORTED_VERSIONS)) in message
+    data.pop("a_field_of_a_newer_version")
+    data["version"] = protocol.PROTOCOL_VERSION
+    assert protocol.Job.from_dict(data).version == protocol.PROTOCOL_VERSION

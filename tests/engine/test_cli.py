@@ -155,6 +155,10 @@ def test_help_explains_every_option():
     text = " ".join(result.stdout.split())
     assert "(default: 50)" in text  # each default said once, not twice in a row
     assert not re.search(r"\(default: [^)]*\) \(default:", text), text
+    # An option whose help explains its default says it once (the cache folder said it twice).
+    start = text.rindex("--cache-dir CACHE_DIR")
+    cache = text[start : text.index("--steps STEPS", start)]
+    assert cache.count("default") == 1 and "~/.cache/tokenflow" in cache, cache
 
 
 def test_check_reports_torch_and_device():

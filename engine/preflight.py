@@ -1,0 +1,168 @@
+"""Everything a job can be refused for without a model, checked before torch and diffusers load.
+
+Frame files (there, not empty, an image header of a size the engine can decode, one size for the
+shot), the output folder (claimed: new, writable, no other run's; see engine.outputs) and the
+inversion cache folder. Standard library and Pillow's lazy header reading only, so that a bad
+path or file is refused in well under a second instead of after the ML stack's ~10 s import.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import protocol
+from .errors import BadInput
+from .outputs import Destination, storage_error
+
+log = logging.getLogger(__name__)
+
+SUPPORTED = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr")  # EXR plates: engine/plates.py
+# The largest frame the engine decodes: 8192 x 8192 pixels (a frame is held as float32 RGB while it
+# is inverted, 12 bytes a pixel: 0.8 GB at this limit). The working size is at most 4096 anyway.
+MAX_PIXELS = 8192 * 8192
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("TOKENFLOW_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tokenflow"
+
+
+@dataclass
+class Ready:
+    """What the checks found: the shot's source size, the claimed output, the cache folder."""
+
+    size: tuple[int, int]
+    destinations: list[Destination]  # the job's output; one per variation; none for `invert`
+    cache_dir: Path
+
+    @property
+    def destination(self) -> Destination | None:
+        return self.destinations[0] if self.destinations else None
+
+    def release(self) -> None:
+        for destination in self.destinations:
+            destination.release()
+
+
+def _png_size(head: bytes) -> tuple[int, int] | None:
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return struct.unpack(">II", head[16:24])
+    return None
+
+
+def frame_size(path: Path) -> tuple[int, int] | None:
+    """(w, h) from the file's header without decoding it; None if the header is not understood
+    (OpenCV, which decodes the frame later, then decides)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+    except OSError as exc:
+        raise BadInput(f"frame file {path} cannot be read: {exc.strerror}; check its permissions") from exc
+    if not head:
+        raise BadInput(f"frame file {path} is empty (0 bytes); render or export that frame again")
+    size = _png_size(head)
+    if size is not None:
+        return size
+    from PIL import Image, UnidentifiedImageError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as image:  # lazy: reads the header only
+                return image.size
+        except Image.DecompressionBombError as exc:
+            raise BadInput(_too_large(path, str(exc))) from exc
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            return None
+
+
+def _too_large(path: Path, size: str) -> str:
+    return (
+        f"frame file {path} is too large to decode ({size}); the engine reads frames of at most "
+        f"{MAX_PIXELS:,} pixels (8192 x 8192). Scale the shot down first (the edit works at most at "
+        "4096 px anyway), e.g. render it at half resolution"
+    )
+
+
+def check_frames(paths: list[str]) -> tuple[int, int]:
+    """Every frame is a non-empty image file of a decodable size, all one size; returns (w, h)."""
+    if not paths:
+        raise BadInput("no frames: give at least one image file")
+    first: tuple[Path, tuple[int, int]] | None = None
+    for name in paths:
+        path = Path(name)
+        if not path.is_file():
+            raise BadInput(f"frame file {path} does not exist (or is not a file); check the frame list")
+        if path.suffix.lower() not in SUPPORTED:
+            raise BadInput(
+                f"{path.name} is not a supported image ({', '.join(SUPPORTED)}); convert the shot to PNG"
+            )
+        size = frame_size(path)
+        if size is None:
+            continue
+        w, h = size
+        if w * h > MAX_PIXELS:
+            raise BadInput(_too_large(path, f"{w}x{h}"))
+        if first is None:
+            first = (path, size)
+        elif size != first[1]:
+            (w0, h0) = first[1]
+            raise BadInput(
+                f"frames differ in size: {first[0].name} is {w0}x{h0} but {path.name} is {w}x{h}; "
+                "all frames of a shot must share one size"
+            )
+    return first[1] if first else (0, 0)
+
+
+def check_cache(job: protocol.Job) -> Path:
+    """The inversion cache folder is usable. An edit can run without it (a warning, no caching);
+    the `invert` stage exists to fill it, so there it is an error."""
+    folder = Path(job.cache_dir).expanduser() if job.cache_dir else default_cache_dir()
+    if os.path.islink(folder) and not os.path.exists(folder):
+        raise BadInput(
+            f"the cache folder {folder} is a symbolic link to {os.readlink(folder)}, which does not "
+            "exist; fix the link or choose another cache folder"
+        )
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise BadInput(f"the cache folder {folder} is a file, not a folder; choose another cache folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            probe.write(b"tokenflow")
+            probe.flush()
+    except OSError as exc:
+        error = storage_error(exc, folder, "write to the cache folder")
+        if job.stage == protocol.STAGE_INVERT:
+            raise error from exc
+        log.warning("%s; this run goes on without caching its inversions", error.message)
+    return folder
+
+
+def check(job: protocol.Job) -> Ready:
+    """All checks, cheapest first; nothing is created for a job refused before its output is claimed."""
+    job.validate()
+    size = check_frames(job.frames)
+    if job.stage == protocol.STAGE_INVERT:
+        outputs = []
+    elif job.variations:
+        outputs = [protocol.variation_output(job.output, i) for i in range(len(job.variations))]
+    else:
+        outputs = [job.output]
+    ready = Ready(size, [], Path())
+    try:
+        for output in outputs:
+            ready.destinations.append(Destination(output).claim())
+        ready.cache_dir = check_cache(job)
+    except BaseException:
+        ready.release()
+        raise
+    return ready
