@@ -43,6 +43,7 @@ class Ready:
     size: tuple[int, int]
     destinations: list[Destination]  # the job's output; one per variation; none for `invert`
     cache_dir: Path
+    cache_problem: str = ""  # why the cache folder cannot be written (warned once here), or ""
 
     @property
     def destination(self) -> Destination | None:
@@ -123,7 +124,7 @@ def check_frames(paths: list[str]) -> tuple[int, int]:
     return first[1] if first else (0, 0)
 
 
-def check_cache(job: protocol.Job) -> Path:
+def check_cache(job: protocol.Job) -> tuple[Path, str]:
     """The inversion cache folder is usable. An edit can run without it (a warning, no caching);
     the `invert` stage exists to fill it, so there it is an error."""
     folder = Path(job.cache_dir).expanduser() if job.cache_dir else default_cache_dir()
@@ -144,7 +145,8 @@ def check_cache(job: protocol.Job) -> Path:
         if job.stage == protocol.STAGE_INVERT:
             raise error from exc
         log.warning("%s; this run goes on without caching its inversions", error.message)
-    return folder
+        return folder, error.message
+    return folder, ""
 
 
 def check(job: protocol.Job) -> Ready:
@@ -161,7 +163,7 @@ def check(job: protocol.Job) -> Ready:
     try:
         for output in outputs:
             ready.destinations.append(Destination(output).claim())
-        ready.cache_dir = check_cache(job)
+        ready.cache_dir, ready.cache_problem = check_cache(job)
     except BaseException:
         ready.release()
         raise

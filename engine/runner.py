@@ -177,6 +177,8 @@ class Run:
         model, job = self.model, self.job
         assert model is not None
         cache = InversionCache(job.cache_dir or default_cache_dir(), memory=self.inversions)
+        if self.ready is not None and self.ready.cache_problem:
+            cache.write_error = self.ready.cache_problem  # warned once by the pre-flight: no write tried
         assert cache.root is not None
         inv = InversionSettings(
             model_identity=model.fingerprint(DigestIndex(cache.root / INDEX_NAME)),
