@@ -7,6 +7,7 @@ plain values back into strips.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -134,11 +135,23 @@ def add_image_strip(
     strip = compat.strips(ed).new_image(name, os.path.join(folder, filenames[0]), channel, start)
     for filename in filenames[1:]:
         strip.elements.append(filename)
+    strip.directory = stored_dir(folder)
     strip.colorspace_settings.name = colorspace
     # new_image may pick a channel itself if ours is taken by the time it runs; keep ours.
     if strip.channel != channel:
         strip.channel = channel
     return strip
+
+
+def stored_dir(folder: str) -> str:
+    """`folder` as the .blend should keep it: relative to the saved .blend ('//...') when the user's
+    "Default to Relative Paths" preference is on, so a project folder can be moved; else absolute.
+    An unsaved file, or a folder on another drive, keeps the absolute path."""
+    folder = os.path.abspath(bpy.path.abspath(folder))
+    if bpy.data.filepath and bpy.context.preferences.filepaths.use_relative_paths:
+        with contextlib.suppress(ValueError):  # another drive (Windows): no relative path exists
+            folder = bpy.path.relpath(folder)
+    return os.path.join(folder, "")  # a strip's directory ends with a separator
 
 
 def add_markers(scene: Any, start: int, indices: Sequence[int]) -> list[Any]:
