@@ -266,7 +266,7 @@ def run(bpy, pkg, stage: str, timeout: float) -> dict:
             file=sys.stderr,
         )
         sys.exit(EXIT_MODEL if task.error_kind == "model" else 1)
-    return task.result
+    return json.loads(bpy.context.window_manager.tokenflow_job.last_result)  # the public view
 
 
 def tiny_model(python: Path, folder: Path) -> Path:
