@@ -22,7 +22,9 @@ echo "== engine tests (torch $("$engine/bin/python" -c 'import torch; print(torc
 "$engine/bin/python" -m pytest tests/engine -q -p no:cacheprovider
 for venv in "$bpy42" "$bpy45" "$bpy50"; do
   echo "== extension tests in Blender $("$venv/bin/python" -c 'import bpy; print(bpy.app.version_string)' 2>/dev/null | tail -n 1)"
-  "$venv/bin/python" -m pytest tests/blender -q -p no:cacheprovider
+  # scripts/demo.sh runs in Blender 5.0, so its test (two real demo runs) runs there only.
+  demo=(); [ "$venv" = "$bpy50" ] || demo=(--ignore=tests/blender/test_demo.py)
+  "$venv/bin/python" -m pytest tests/blender -q -p no:cacheprovider "${demo[@]}"
 done
 echo "== extension manifest: Blender's validator and build"
 bash scripts/build_extension.sh "$bpy50" "$root/build"
