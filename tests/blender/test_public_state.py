@@ -66,3 +66,33 @@ def test_a_failed_run_leaves_no_stale_result(tf, scene, assets, cpu, tmp_path: P
     state = bpy.context.window_manager.tokenflow_job
     assert "no-such-model" in state.error
     assert state.last_result == "" and tf.results.last() is None
+
+
+class _Endless:
+    """A job that never ends by itself (the controller's task interface, no engine)."""
+
+    kind, stage, progress, eta, message = "propagate", "inversion", 0.1, None, ""
+    state = "RUNNING"
+    on_event = on_finish = None
+    ticks = 0
+
+    @property
+    def running(self) -> bool:
+        return self.state == "RUNNING"
+
+    def tick(self) -> bool:
+        self.ticks += 1
+        return self.running
+
+    def cancel(self, timeout: float | None = None) -> None:
+        self.state, self.message = "CANCELLED", "Cancelled: nothing was added"
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        self.cancel()
+
+
+def test_wait_cancels_a_job_that_outlives_its_timeout(tf) -> None:
+    task = tf.controller.put("edit", _Endless())
+    assert tf.jobs.wait(timeout=0.3, interval=0.05) == "CANCELLED"
+    assert task.ticks >= 2 and not task.running  # it ticked the job itself, then cancelled it
+    assert bpy.context.window_manager.tokenflow_job.status == "CANCELLED"
