@@ -132,10 +132,11 @@ def add_image_strip(
         raise ValueError("no files for the strip")
     ed = scene.sequence_editor or scene.sequence_editor_create()
     channel = planning.free_channel(occupied(scene), start, start + len(filenames), above)
-    strip = compat.strips(ed).new_image(name, os.path.join(folder, filenames[0]), channel, start)
+    # The path goes in as stored (maybe '//'-relative), as Blender's own Add Image does: setting
+    # `strip.directory` afterwards made Blender 5.0 crash when the scene was later removed.
+    strip = compat.strips(ed).new_image(name, stored_dir(folder) + filenames[0], channel, start)
     for filename in filenames[1:]:
         strip.elements.append(filename)
-    strip.directory = stored_dir(folder)
     strip.colorspace_settings.name = colorspace
     # new_image may pick a channel itself if ours is taken by the time it runs; keep ours.
     if strip.channel != channel:
