@@ -30,11 +30,11 @@ rm -f "$out/$id-$version.zip"
 "$python" "$cli" build --source-dir "$root" --output-dir "$out" --valid-tags "$tags"
 zip="$out/$id-$version.zip"
 [ -f "$zip" ] || { echo "the build did not produce $zip" >&2; exit 1; }
-# The zip must carry the engine and none of the development files.
+# The zip must carry the licence and the engine, and none of the development files.
 "$python" - "$zip" <<'PY'
 import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
-missing = [n for n in ("blender_manifest.toml", "__init__.py", "engine/__main__.py", "engine/protocol.py",
+missing = [n for n in ("blender_manifest.toml", "LICENSE", "__init__.py", "engine/__main__.py", "engine/protocol.py",
                        "engine/requirements.txt", "tokenflow_blender/__init__.py", "ui/panels.py",
                        "farm/flamenco/tokenflow-video-edit.js") if n not in names]
 extra = [n for n in names if n.split("/")[0] in ("tests", "bench", "scripts", ".venvs", ".ci", ".git")]

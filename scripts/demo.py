@@ -10,8 +10,9 @@ and writes a before/after contact sheet PNG (made with Blender's image API: no n
 --model takes a hub id, a local diffusers folder or a .safetensors file. Without it the default
 model is used, which needs network access once (or the weights in the Hugging Face cache);
 offline it stops with a message that says how to point it at a model. For a fully offline run:
-    .venvs/engine/bin/python -m engine make-tiny-model build/tiny-model
-    .venvs/bpy-5.0/bin/python scripts/demo.py --model build/tiny-model
+    .venvs/bpy-5.0/bin/python scripts/demo.py --tiny-model build/tiny-model
+The .blend and the contact sheet are replaced only by a run that succeeded; a failed run exits
+non-zero with the engine's message and leaves the last good demo as it was.
 Blender's user folders go under OUT/blender-user, so your own preferences are never touched, and
 the inversion cache there makes a second run with another --prompt skip the inversion.
 """
@@ -22,6 +23,7 @@ import argparse
 import array
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -40,6 +42,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--model", default="", help="hub id, diffusers folder or .safetensors (default: the extension's)"
+    )
+    p.add_argument(
+        "--tiny-model",
+        default="",
+        metavar="DIR",
+        help="without --model: build (once) and use a tiny random-weight model in DIR (fully offline)",
     )
     p.add_argument("--out", default=str(ROOT / "out" / "demo"), help="output folder (default: out/demo)")
     p.add_argument("--prompt", default="a watercolor painting of a city street at dusk")
@@ -116,6 +124,8 @@ def main(argv: list[str]) -> int:
     os.environ["BLENDER_USER_RESOURCES"] = str(out / "blender-user")
     offline = args.offline or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
 
+    if args.tiny_model and not args.model.strip():
+        args.model = str(tiny_model(python, Path(args.tiny_model).absolute()))
     frames = extract_frames(python, out / "frames", args.frames, args.start, args.width)
     say(f"{len(frames)} real frames of cityCC0.mpg (CC0) in {frames[0].parent}")
 
@@ -144,22 +154,31 @@ def main(argv: list[str]) -> int:
     s.size = args.size
     s.keyframe_stride = args.stride
     s.output_dir = "//tokenflow/"
-    blend = out / "tokenflow_demo.blend"
-    bpy.ops.wm.save_as_mainfile(filepath=str(blend))  # '//' paths now resolve into OUT
-    say(f"model: {model or ext_prefs.default_model + ' (the default)'}; engine: {python}")
+    blend, sheet = out / "tokenflow_demo.blend", out / "contact_sheet.png"
+    # The scene is built in a file of this run's own; the demo's .blend and contact sheet are
+    # replaced only when both runs succeeded, so a failed run never loses the last good demo.
+    work = out / f".tokenflow_demo.run-{os.getpid()}.blend"
+    work_sheet = out / f".contact_sheet.run-{os.getpid()}.png"
+    try:
+        bpy.ops.wm.save_as_mainfile(filepath=str(work))  # '//' paths now resolve into OUT
+        say(f"model: {model or ext_prefs.default_model + ' (the default)'}; engine: {python}")
 
-    t0 = time.monotonic()
-    preview = run(bpy, pkg, "preview", args.timeout)
-    say(f"keyframes {preview.result['keyframes']}: {preview.message}")
-    propagate = run(bpy, pkg, "propagate", args.timeout)
-    stats = propagate.result.get("stats", {})
-    say(f"{propagate.message}; stats {json.dumps(stats)}")
-    state = bpy.context.window_manager.tokenflow_job
-    if state.quality:
-        say(f"consistency: {state.quality} (the panel shows the same line)")
-    result = pkg.strips.find_strip(scene, state.result_strip)
-    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
-    sheet = contact_sheet(bpy, source, result, preview.result["keyframes"], out / "contact_sheet.png")
+        t0 = time.monotonic()
+        preview = run(bpy, pkg, "preview", args.timeout)
+        keyframes = preview["keyframes"]
+        say(f"keyframes {keyframes}: {pkg.jobs.state().message}")
+        propagate = run(bpy, pkg, "propagate", args.timeout)
+        say(f"{pkg.jobs.state().message}; stats {json.dumps(propagate.get('stats', {}))}")
+        state = bpy.context.window_manager.tokenflow_job
+        if state.quality:
+            say(f"consistency: {state.quality} (the panel shows the same line)")
+        result = pkg.strips.find_strip(scene, state.result_strip)
+        contact_sheet(bpy, source, result, keyframes, work_sheet)
+        bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+        os.replace(work_sheet, sheet)
+    finally:
+        for leftover in (work, Path(f"{work}1"), work_sheet):
+            leftover.unlink(missing_ok=True)
     say(f"done in {time.monotonic() - t0:.1f} s")
     say(f"blend:         {blend}")
     say(f"result frames: {bpy.path.abspath(result.directory)}")
@@ -210,8 +229,9 @@ def build_scene(bpy, pkg, frames: list[Path]):
     return scene, strip
 
 
-def run(bpy, pkg, stage: str, timeout: float):
-    """Start an operator and tick the job controller (the UI's timer does this in Blender)."""
+def run(bpy, pkg, stage: str, timeout: float) -> dict:
+    """Start an operator and tick the job controller (the UI's timer does this in Blender); return
+    the engine's `done` event, or exit non-zero with the engine's message."""
     op = getattr(bpy.ops.sequencer, f"tokenflow_{stage}")
     try:
         op()
@@ -246,7 +266,26 @@ def run(bpy, pkg, stage: str, timeout: float):
             file=sys.stderr,
         )
         sys.exit(EXIT_MODEL if task.error_kind == "model" else 1)
-    return task
+    return json.loads(bpy.context.window_manager.tokenflow_job.last_result)  # the public view
+
+
+def tiny_model(python: Path, folder: Path) -> Path:
+    """The tiny random-weight model in `folder`, built once by the engine environment; its
+    machine-readable output is kept out of the demo's own lines."""
+    if not (folder / "model_index.json").is_file():
+        say(f"building a tiny random-weight model in {folder} (once)")
+        shutil.rmtree(folder, ignore_errors=True)
+        done = subprocess.run(
+            [str(python), "-m", "engine", "make-tiny-model", str(folder)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            fail(f"could not build the tiny model in {folder}:\n{done.stderr[-2000:]}")
+    say(f"using the tiny random-weight model in {folder}: the edit will look like noise.")
+    say("For a real edit: bash scripts/demo.sh --model stabilityai/stable-diffusion-2-1-base")
+    return folder
 
 
 def contact_sheet(bpy, source, result, keyframes: list[int], path: Path, columns: int = 6) -> Path:

@@ -16,13 +16,7 @@ export TOKENFLOW_ENGINE_PYTHON="$engine/bin/python"
 
 args=("$@")
 if [[ " $* " != *" --model "* ]]; then
-  model="$root/build/tiny-model"
-  if [ ! -f "$model/model_index.json" ]; then
-    rm -rf "$model"
-    "$engine/bin/python" -m engine make-tiny-model "$model" 2>/dev/null
-  fi
-  echo "No --model given: using a tiny random-weight model ($model); the edit will look like noise."
-  echo "For a real edit: bash scripts/demo.sh --model stabilityai/stable-diffusion-2-1-base"
-  args+=(--model "$model")
+  # demo.py builds it once; its machine-readable output stays out of the demo's lines.
+  args+=(--tiny-model "$root/build/tiny-model")
 fi
 exec "$bpy50/bin/python" scripts/demo.py "${args[@]}"

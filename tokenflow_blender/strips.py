@@ -7,6 +7,7 @@ plain values back into strips.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -146,7 +147,9 @@ def add_image_strip(
         raise ValueError("no files for the strip")
     ed = scene.sequence_editor or scene.sequence_editor_create()
     channel = planning.free_channel(occupied(scene), start, start + len(filenames), above)
-    strip = compat.strips(ed).new_image(name, os.path.join(folder, filenames[0]), channel, start)
+    # The path goes in as stored (maybe '//'-relative), as Blender's own Add Image does: setting
+    # `strip.directory` afterwards made Blender 5.0 crash when the scene was later removed.
+    strip = compat.strips(ed).new_image(name, stored_dir(folder) + filenames[0], channel, start)
     for filename in filenames[1:]:
         strip.elements.append(filename)
     strip.colorspace_settings.name = colorspace
@@ -154,6 +157,17 @@ def add_image_strip(
     if strip.channel != channel:
         strip.channel = channel
     return strip
+
+
+def stored_dir(folder: str) -> str:
+    """`folder` as the .blend should keep it: relative to the saved .blend ('//...') when the user's
+    "Default to Relative Paths" preference is on, so a project folder can be moved; else absolute.
+    An unsaved file, or a folder on another drive, keeps the absolute path."""
+    folder = os.path.abspath(bpy.path.abspath(folder))
+    if bpy.data.filepath and bpy.context.preferences.filepaths.use_relative_paths:
+        with contextlib.suppress(ValueError):  # another drive (Windows): no relative path exists
+            folder = bpy.path.relpath(folder)
+    return os.path.join(folder, "")  # a strip's directory ends with a separator
 
 
 def add_markers(scene: Any, start: int, indices: Sequence[int]) -> list[Any]:
