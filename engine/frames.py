@@ -18,7 +18,7 @@ import numpy as np
 
 from . import plates
 from .errors import BadInput
-from .preflight import SUPPORTED  # noqa: F401 (the engine's image types, named where they are checked)
+from .preflight import SUPPORTED, frame_file  # noqa: F401 (SUPPORTED: the engine's image types)
 
 # OpenCV's own thread pool fights torch's OpenMP threads for the cores (spinning waits can make a
 # step ten times slower on a small machine); the image work here is light, so keep it on one thread.
@@ -108,13 +108,7 @@ def read_shot(paths: Sequence[str | os.PathLike[str]]) -> Shot:
         raise BadInput("no frames: give at least one image file")
     frames: list[Frame] = []
     for name in paths:
-        path = Path(name)
-        if not path.is_file():
-            raise BadInput(f"frame file {path} does not exist (or is not a file); check the frame list")
-        if path.suffix.lower() not in SUPPORTED:
-            raise BadInput(
-                f"{path.name} is not a supported image ({', '.join(SUPPORTED)}); convert the shot to PNG"
-            )
+        path = frame_file(name)
         try:
             data = path.read_bytes()
         except OSError as exc:

@@ -94,19 +94,25 @@ def _too_large(path: Path, size: str) -> str:
     )
 
 
+def frame_file(name: str | os.PathLike[str]) -> Path:
+    """The frame's path, if it names an existing file of a type the engine reads."""
+    path = Path(name)
+    if not path.is_file():
+        raise BadInput(f"frame file {path} does not exist (or is not a file); check the frame list")
+    if path.suffix.lower() not in SUPPORTED:
+        raise BadInput(
+            f"{path.name} is not a supported image ({', '.join(SUPPORTED)}); convert the shot to PNG"
+        )
+    return path
+
+
 def check_frames(paths: list[str]) -> tuple[int, int]:
     """Every frame is a non-empty image file of a decodable size, all one size; returns (w, h)."""
     if not paths:
         raise BadInput("no frames: give at least one image file")
     first: tuple[Path, tuple[int, int]] | None = None
     for name in paths:
-        path = Path(name)
-        if not path.is_file():
-            raise BadInput(f"frame file {path} does not exist (or is not a file); check the frame list")
-        if path.suffix.lower() not in SUPPORTED:
-            raise BadInput(
-                f"{path.name} is not a supported image ({', '.join(SUPPORTED)}); convert the shot to PNG"
-            )
+        path = frame_file(name)
         size = frame_size(path)
         if size is None:
             continue

@@ -130,11 +130,8 @@ class ProcessTask:
 
     def cancel(self, timeout: float | None = None) -> None:
         """Ask the child to stop (stdin line, then SIGTERM); kill it if it is still there later."""
-        if not self.running:
+        if not self._cancel_requested(timeout):
             return
-        if self._cancel_at is None:
-            self._cancel_at = time.monotonic() + (self.cancel_timeout if timeout is None else timeout)
-            self.message = "Cancelling..."
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return
@@ -145,6 +142,15 @@ class ProcessTask:
         if not IS_WINDOWS:  # on Windows terminate() is a hard kill: the stdin line comes first
             with contextlib.suppress(OSError):
                 proc.send_signal(signal.SIGTERM)
+
+    def _cancel_requested(self, timeout: float | None) -> bool:
+        """Note the cancel and when to give up waiting for it; False if the task already ended."""
+        if not self.running:
+            return False
+        if self._cancel_at is None:
+            self._cancel_at = time.monotonic() + (self.cancel_timeout if timeout is None else timeout)
+            self.message = "Cancelling..."
+        return True
 
     def wait(self, timeout: float, interval: float = 0.05) -> bool:
         return wait(self, timeout, interval)

@@ -246,11 +246,8 @@ class WarmJob(controller.ProcessTask):
 
     def cancel(self, timeout: float | None = None) -> None:
         """Ask the engine to stop this job (a `cancel` line); it stays loaded for the next one."""
-        if not self.running:
+        if not self._cancel_requested(timeout):
             return
-        if self._cancel_at is None:
-            self._cancel_at = time.monotonic() + (self.cancel_timeout if timeout is None else timeout)
-            self.message = "Cancelling..."
         if self.prepare is None:  # still preparing: nothing was sent, the next tick ends the task
             self.engine.send(protocol.CANCEL_LINE)
 
