@@ -215,7 +215,8 @@ class WarmJob(controller.ProcessTask):
 
     @property
     def pid(self) -> int | None:  # type: ignore[override]
-        return self.engine.pid
+        """The engine's pid once the job was sent to it (none while a matte is still rendering)."""
+        return self.engine.pid if self._index >= 0 else None
 
     def start(self) -> WarmJob:
         super().start()  # a preparation (matte frames to render) runs first, in tick()

@@ -119,6 +119,16 @@ def ext(repo_dir: Path) -> Iterator[Any]:
         disable_extension()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def no_warm_engine_between_modules() -> Iterator[None]:
+    """Each test module starts without a warm engine: a model and inversions that one module's jobs
+    left loaded in memory must not decide another module's figures (cache hits, model loads)."""
+    yield
+    pkg = sys.modules.get(f"{MODULE}.tokenflow_blender")
+    if pkg is not None:
+        pkg.warm.shutdown_all()
+
+
 @pytest.fixture
 def tf(ext: Any) -> Any:
     """The extension's Blender package (`tokenflow_blender`), its job state reset."""
