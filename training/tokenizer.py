@@ -12,24 +12,30 @@ import json
 from pathlib import Path
 
 
-
 def _bpe_path() -> Path:
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("open_clip is missing: pip install --no-deps open-clip-torch (see training/README.md)")
+        raise RuntimeError(
+            "open_clip is missing: pip install --no-deps open-clip-torch (see training/README.md)"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
 
 
 def _byte_chars() -> list[str]:
     """CLIP's byte stand-ins in its vocabulary order: the printable bytes first, then the others."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     extra = [b for b in range(256) if b not in printable]
     return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
 
 
 def write_tokenizer(folder: Path) -> None:
     """vocab.json + merges.txt exactly as CLIP's (ids match OpenAI's tokenizer)."""
-    lines = gzip.open(_bpe_path()).read().decode("utf-8").split("\n")
+    with gzip.open(_bpe_path()) as handle:
+        lines = handle.read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     chars = _byte_chars()
     vocab_list = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
@@ -39,12 +45,24 @@ def write_tokenizer(folder: Path) -> None:
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
     (folder / "tokenizer_config.json").write_text(
-        json.dumps({"model_max_length": 77, "tokenizer_class": "CLIPTokenizer", "pad_token": "<|endoftext|>",
-                    "do_lower_case": True})
+        json.dumps(
+            {
+                "model_max_length": 77,
+                "tokenizer_class": "CLIPTokenizer",
+                "pad_token": "<|endoftext|>",
+                "do_lower_case": True,
+            }
+        )
     )
     (folder / "special_tokens_map.json").write_text(
-        json.dumps({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-                    "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"})
+        json.dumps(
+            {
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+            }
+        )
     )
 
 

@@ -76,8 +76,11 @@ class Trainer:
             "text": self.text.state_dict(),
             "opt": self.opt.state_dict(),
             "ema": self.ema,
-            "rng": {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state,
-                    "python": random.getstate()},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": self.rng.bit_generator.state,
+                "python": random.getstate(),
+            },
         }
         self.ckpt.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.ckpt.with_suffix(".tmp")
@@ -103,8 +106,10 @@ class Trainer:
         self.rng.bit_generator.state = blob["rng"]["numpy"]
         random.setstate(blob["rng"]["python"])
         self.used_before = float(self.state.get("wall_seconds", 0.0))
-        log(f"resumed from {self.ckpt}: {self.state['phase']} step {self.state['step']}, "
-            f"{self.used_before / 60:.1f} min used before")
+        log(
+            f"resumed from {self.ckpt}: {self.state['phase']} step {self.state['step']}, "
+            f"{self.used_before / 60:.1f} min used before"
+        )
 
     # -- data ------------------------------------------------------------------------------------------
     def samples(self) -> list[Sample]:
@@ -157,9 +162,11 @@ class Trainer:
             self.state["step"] = step + 1
             if (step + 1) % 10 == 0:
                 sps = (time.time() - t0) / (step + 1 - s0)
-                log(f"vae step {step + 1}/{a.vae_steps} loss {loss.item():.4f} "
+                log(
+                    f"vae step {step + 1}/{a.vae_steps} loss {loss.item():.4f} "
                     f"psnr {self.state['losses']['vae_psnr']:.2f} dB  {sps:.2f} s/step  "
-                    f"eta {eta(step + 1, a.vae_steps, sps)}")
+                    f"eta {eta(step + 1, a.vae_steps, sps)}"
+                )
             self.maybe_save()
         if self.state["step"] >= a.vae_steps:
             self.state.update(phase="latents", step=0)
@@ -194,8 +201,13 @@ class Trainer:
         self.state["scaling_factor"] = 1.0 / std
         self.vae.register_to_config(scaling_factor=1.0 / std)
         names = sorted(set(captions()))
-        data = {"means": means, "stds": stds, "captions": [names.index(s.caption) for s in samples],
-                "names": names, "vae_fingerprint": self.vae_fingerprint()}
+        data = {
+            "means": means,
+            "stds": stds,
+            "captions": [names.index(s.caption) for s in samples],
+            "names": names,
+            "vae_fingerprint": self.vae_fingerprint(),
+        }
         torch.save(data, path)
         log(f"latent std {std:.4f}: scaling_factor {1 / std:.4f}")
         if self.state["phase"] == "latents":  # a resumed UNet phase keeps its step
@@ -215,7 +227,9 @@ class Trainer:
             _, h, w = mean.shape
             y = int(self.rng.integers(0, h - size + 1))
             x = int(self.rng.integers(0, w - size + 1))
-            z = mean[:, y : y + size, x : x + size] + std[:, y : y + size, x : x + size] * torch.randn(4, size, size)
+            z = mean[:, y : y + size, x : x + size] + std[:, y : y + size, x : x + size] * torch.randn(
+                4, size, size
+            )
             out.append(z.flip(-1) if self.rng.random() < 0.5 else z)
             caps.append(int(data["captions"][int(i)]))
         return torch.stack(out) * scale, caps
@@ -225,8 +239,9 @@ class Trainer:
         sched = make_scheduler()
         alphas = sched.alphas_cumprod
         names = ["", *data["names"]]  # index 0: the empty prompt (caption dropout, the negative prompt)
-        ids = self.tokenizer(names, padding="max_length", max_length=77, truncation=True,
-                             return_tensors="pt").input_ids
+        ids = self.tokenizer(
+            names, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids
         params = list(self.unet.parameters()) + list(self.text.parameters())
         self.unet.train()
         self.text.train()
@@ -262,9 +277,11 @@ class Trainer:
             self.state["step"] = step + 1
             if (step + 1) % 10 == 0:
                 sps = (time.time() - t0) / (step + 1 - s0)
-                log(f"unet step {step + 1}/{a.unet_steps} loss {float(loss.mean()):.4f} "
+                log(
+                    f"unet step {step + 1}/{a.unet_steps} loss {float(loss.mean()):.4f} "
                     f"(avg {self.state['losses']['unet_avg']:.4f})  {sps:.2f} s/step  "
-                    f"eta {eta(step + 1, a.unet_steps, sps)}")
+                    f"eta {eta(step + 1, a.unet_steps, sps)}"
+                )
             self.maybe_save()
         if self.state["step"] >= a.unet_steps:
             self.state["phase"] = "done"
@@ -283,15 +300,23 @@ class Trainer:
         if self.state["scaling_factor"]:
             self.vae.register_to_config(scaling_factor=self.state["scaling_factor"])
         pipe = StableDiffusionPipeline(
-            vae=self.vae.eval(), text_encoder=text.eval(), tokenizer=self.tokenizer, unet=unet.eval(),
-            scheduler=make_scheduler(), safety_checker=None, feature_extractor=None,
+            vae=self.vae.eval(),
+            text_encoder=text.eval(),
+            tokenizer=self.tokenizer,
+            unet=unet.eval(),
+            scheduler=make_scheduler(),
+            safety_checker=None,
+            feature_extractor=None,
             requires_safety_checker=False,
         )
         pipe.save_pretrained(out, safe_serialization=True)
         info = {
-            "phase": self.state["phase"], "unet_steps": self.state["step"] if self.state["phase"] != "vae" else 0,
-            "args": {k: v for k, v in vars(self.args).items()}, "losses": self.state["losses"],
-            "wall_seconds": self.elapsed(), "scaling_factor": self.state["scaling_factor"],
+            "phase": self.state["phase"],
+            "unet_steps": self.state["step"] if self.state["phase"] != "vae" else 0,
+            "args": {k: v for k, v in vars(self.args).items()},
+            "losses": self.state["losses"],
+            "wall_seconds": self.elapsed(),
+            "scaling_factor": self.state["scaling_factor"],
             "parameters": {"unet": count(unet), "text_encoder": count(text), "vae": count(self.vae)},
         }
         self.state.setdefault("history", {})
@@ -329,8 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(args)
     if args.resume and trainer.ckpt.is_file():
         trainer.load()
-    log(f"parameters: unet {count(trainer.unet):,}, text encoder {count(trainer.text):,}, "
-        f"vae {count(trainer.vae):,}")
+    log(
+        f"parameters: unet {count(trainer.unet):,}, text encoder {count(trainer.text):,}, "
+        f"vae {count(trainer.vae):,}"
+    )
     samples = trainer.samples()
     if trainer.state["phase"] == "vae":
         trainer.train_vae(samples)
