@@ -25,6 +25,7 @@ import argparse
 import io
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -203,8 +204,9 @@ def bench_clip(engine: Engine, clip: str, args: argparse.Namespace, results: dic
         "size": args.size,
         "keyframe_stride": args.keyframe_stride,
     }
+    source_vae = engine.round_trip(source)  # what an edit that changes nothing returns
     if "vae_psnr" not in entry:
-        entry["vae_psnr"] = psnr(engine.round_trip(source), source)
+        entry["vae_psnr"] = psnr(source_vae, source)
         entry["warp_source"] = warp(src_dir, src_dir)
         save(out, results)
     if "reconstruction_psnr" not in entry:
@@ -227,6 +229,7 @@ def bench_clip(engine: Engine, clip: str, args: argparse.Namespace, results: dic
             # truth_vae_psnr: the ground truth through the VAE, the best any edit can reach with this VAE
             s.update(
                 source_psnr=psnr(source, truth),
+                source_vae_psnr=psnr(source_vae, truth),
                 source_ssim=ssim(source, truth),
                 truth_vae_psnr=psnr(engine.round_trip(truth), truth),
                 warp_truth=warp(src_dir, truth_dir),
@@ -286,11 +289,15 @@ def load_runs(out: Path) -> dict[str, Any]:
 
 def save(out: Path, results: dict[str, Any]) -> None:
     """Merge this process's results into runs.json (other processes may bench other clips)."""
-    merged = load_runs(out)
-    merged.update({k: v for k, v in results.items()})
-    tmp = runs_path(out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(merged, indent=1))
-    tmp.replace(runs_path(out))
+    import fcntl
+
+    with open(out / "runs.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # read-modify-write, one process at a time
+        merged = load_runs(out)
+        merged.update(results)
+        tmp = runs_path(out).with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(merged, indent=1))
+        tmp.replace(runs_path(out))
 
 
 # --- the report ---------------------------------------------------------------------------------------------
@@ -315,13 +322,15 @@ def summarize(runs: dict[str, Any]) -> dict[str, Any]:
                         **{k: r[k] for k in ("psnr", "ssim", "warp")},
                         "source_psnr": s["source_psnr"],
                         "truth_vae_psnr": s.get("truth_vae_psnr", float("nan")),
+                        "source_vae_psnr": s.get("source_vae_psnr", float("nan")),
                         "warp_truth": s["warp_truth"],
                     }
                 )
             if TOKENFLOW in m:
-                toward.append(
-                    {"clip": clip, "style": style, "gain_db": m[TOKENFLOW]["psnr"] - s["source_psnr"]}
-                )
+                gain = m[TOKENFLOW]["psnr"] - s["source_psnr"]
+                # the same against the source after the VAE round trip (a no-op edit through this VAE)
+                gain_vae = m[TOKENFLOW]["psnr"] - s.get("source_vae_psnr", float("nan"))
+                toward.append({"clip": clip, "style": style, "gain_db": gain, "gain_vs_vae_db": gain_vae})
             if TOKENFLOW in m and BASELINE in m:
                 warp_ratios.append(m[TOKENFLOW]["warp"] / m[BASELINE]["warp"])
                 psnr_gaps.append(m[TOKENFLOW]["psnr"] - m[BASELINE]["psnr"])
@@ -336,6 +345,7 @@ def summarize(runs: dict[str, Any]) -> dict[str, Any]:
                 "warp": geomean([r["warp"] for r in sel]) or 0.0,
                 "source_psnr": float(np.mean([r["source_psnr"] for r in sel])),
                 "truth_vae_psnr": float(np.mean([r["truth_vae_psnr"] for r in sel])),
+                "source_vae_psnr": float(np.mean([r["source_vae_psnr"] for r in sel])),
             }
     return {
         "reconstruction_gap_db": {
@@ -450,12 +460,29 @@ def print_table(summary: dict[str, Any], runs: dict[str, Any]) -> None:
             f"{clip}: VAE round trip {c['vae_psnr']:.2f} dB, reconstruction "
             f"{c.get('reconstruction_psnr', float('nan')):.2f} dB, source warp {c['warp_source']:.2f}"
         )
-    head = ("PSNR to truth", "(source)", "(truth via VAE)", "SSIM", "warp (geomean)")
-    print(f"{'method':20s} {head[0]:>14s} {head[1]:>9s} {head[2]:>16s} {head[3]:>6s} {head[4]:>15s}")
+    head = ("PSNR to truth", "(source)", "(source via VAE)", "(truth via VAE)", "SSIM", "warp (geomean)")
+    print(
+        f"{'method':20s} {head[0]:>14s} {head[1]:>9s} {head[2]:>17s} {head[3]:>16s} "
+        f"{head[4]:>6s} {head[5]:>15s}"
+    )
     for method, m in summary["per_method"].items():
         print(
-            f"{method:20s} {m['psnr']:14.2f} {m['source_psnr']:9.2f} {m['truth_vae_psnr']:16.2f} "
+            f"{method:20s} {m['psnr']:14.2f} {m['source_psnr']:9.2f} {m['source_vae_psnr']:17.2f} "
+            f"{m['truth_vae_psnr']:16.2f} "
             f"{m['ssim']:6.3f} {m['warp']:15.2f}"
+        )
+    print(
+        "per style (mean over clips): PSNR to truth of TokenFlow fixed / per-frame / source / source via VAE"
+    )
+    for style in sorted({row["style"] for row in summary["rows"]}):
+        sel = [row for row in summary["rows"] if row["style"] == style]
+
+        def mean(key: str, method: str, sel: list[dict[str, Any]] = sel) -> float:
+            return float(np.mean([row[key] for row in sel if row["method"] == method] or [np.nan]))
+
+        print(
+            f"  {style:12s} {mean('psnr', TOKENFLOW):6.2f} {mean('psnr', BASELINE):6.2f} "
+            f"{mean('source_psnr', TOKENFLOW):6.2f} {mean('source_vae_psnr', TOKENFLOW):6.2f}"
         )
     r = summary["warp_ratio_tokenflow_per_frame"]
     if r["geomean"] is not None:
