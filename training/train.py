@@ -286,6 +286,29 @@ class Trainer:
         if self.state["step"] >= a.unet_steps:
             self.state["phase"] = "done"
 
+    def init_from(self, folder: Path) -> None:
+        """Continue from a committed model folder when no checkpoint survived (a checkpoint with the
+        optimizer is ~100 MB, too big to commit): weights from the folder's EMA, a fresh optimizer."""
+        import json
+
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        self.vae.load_state_dict(AutoencoderKL.from_pretrained(folder / "vae").state_dict())
+        self.unet.load_state_dict(UNet2DConditionModel.from_pretrained(folder / "unet").state_dict())
+        self.text.load_state_dict(CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict())
+        info = json.loads((folder / "training.json").read_text())
+        params = list(self.unet.parameters()) + list(self.text.parameters())
+        self.ema = [p.detach().clone() for p in params]
+        self.used_before = float(info["wall_seconds"])
+        self.state.update(
+            phase="unet",
+            step=int(info["unet_steps"]),
+            losses=info["losses"],
+            scaling_factor=info["scaling_factor"],
+        )
+        log(f"initialised from {folder}: UNet step {self.state['step']}, fresh optimizer")
+
     # -- the diffusers folder ------------------------------------------------------------------------------
     def export(self, out: Path) -> None:
         """Write a complete SD folder with the EMA weights of the UNet and text encoder."""
@@ -330,6 +353,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", default="training/work", help="frame/latent caches (git-ignored)")
     p.add_argument("--checkpoint", default="models/microsd-checkpoint/state.pt")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init-from", default="", help="continue from a model folder (no checkpoint at hand)")
     p.add_argument("--minutes", type=float, default=70.0, help="wall-clock budget of this run")
     p.add_argument("--checkpoint-minutes", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
@@ -354,6 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(args)
     if args.resume and trainer.ckpt.is_file():
         trainer.load()
+    elif args.init_from:
+        trainer.init_from(Path(args.init_from))
+    if trainer.state["phase"] == "done" and trainer.state["step"] < args.unet_steps:
+        # more training asked for: continue the UNet phase (the cosine schedule stretches to the new end)
+        trainer.state["phase"] = "unet"
     log(
         f"parameters: unet {count(trainer.unet):,}, text encoder {count(trainer.text):,}, "
         f"vae {count(trainer.vae):,}"
