@@ -37,7 +37,7 @@ names = zipfile.ZipFile(sys.argv[1]).namelist()
 missing = [n for n in ("blender_manifest.toml", "LICENSE", "__init__.py", "engine/__main__.py", "engine/protocol.py",
                        "engine/requirements.txt", "tokenflow_blender/__init__.py", "ui/panels.py",
                        "farm/flamenco/tokenflow-video-edit.js") if n not in names]
-extra = [n for n in names if n.split("/")[0] in ("tests", "bench", "scripts", ".venvs", ".ci", ".git")]
+extra = [n for n in names if n.split("/")[0] in ("tests", "bench", "training", "models", "scripts", ".venvs", ".ci", ".git")]
 if missing or extra:
     sys.exit(f"bad extension zip: missing {missing}, unexpected {extra[:5]}")
 print(f"{sys.argv[1]}: {len(names)} files")

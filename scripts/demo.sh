@@ -3,7 +3,7 @@
 # (cityCC0.mpg, CC0), runs "Preview keyframes" then "Propagate" through the extension's own
 # operators and the real engine subprocess, and saves the .blend and a before/after contact sheet.
 #
-#   bash scripts/demo.sh                       # offline: a tiny random-weight model (noise-like output)
+#   bash scripts/demo.sh                       # offline: the trained micro SD (models/microsd)
 #   bash scripts/demo.sh --model ID_OR_PATH    # a real model: hub id, diffusers folder or .safetensors
 #   bash scripts/demo.sh --out DIR             # where the .blend, frames and contact sheet go (default out/demo)
 set -euo pipefail
@@ -16,7 +16,12 @@ export TOKENFLOW_ENGINE_PYTHON="$engine/bin/python"
 
 args=("$@")
 if [[ " $* " != *" --model "* ]]; then
-  # demo.py builds it once; its machine-readable output stays out of the demo's lines.
-  args+=(--tiny-model "$root/build/tiny-model")
+  model="$root/models/microsd"  # the micro SD trained in this repository (training/), committed
+  echo "No --model given: using the trained micro SD test model ($model)."
+  echo "For a real edit: bash scripts/demo.sh --model stabilityai/stable-diffusion-2-1-base"
+  args+=(--model "$model")
+  # its captions (models/microsd/README.md); a prompt it never saw would give a meaningless edit
+  [[ " $* " == *" --prompt "* ]] || args+=(--prompt "a pencil sketch of tall glass buildings at night")
+  [[ " $* " == *" --source-prompt "* ]] || args+=(--source-prompt "tall glass buildings at night")
 fi
 exec "$bpy50/bin/python" scripts/demo.py "${args[@]}"
