@@ -83,8 +83,10 @@ def test_variations_then_restore_and_propagate_the_first(tf, shot) -> None:
     task = wait(tf)
     assert task.state == "DONE", task.message + "\n" + task.log_tail(30)
     assert task.message == "2 variations added above 'city'"
-    # One run: one inversion of the keyframes, both variations denoised.
-    assert task.result["stats"]["inversion_unet_frames"] == 4 * 3
+    # One run: the keyframes inverted once at most (earlier tests may have cached them), both denoised.
+    stats = task.result["stats"]
+    assert stats["cache_hits"] + stats["cache_misses"] == 4
+    assert stats["inversion_unet_frames"] == 3 * stats["cache_misses"]
     assert task.result["stats"]["keyframe_unet_frames"] == 2 * 4 * 3
     previews = sorted(
         (s for s in strips_of(scene) if s.name.startswith("TF preview city")), key=lambda s: s.channel
