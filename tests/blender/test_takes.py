@@ -31,6 +31,8 @@ PROMPTS = ["a snowy street at night", "a watercolor painting"]
 def shot(ext, assets, tmp_path_factory) -> Any:
     prefs = bpy.context.preferences.addons[MODULE].preferences
     prefs.device = "cpu"
+    # A cache of its own: the inversion counts below must not depend on what earlier modules cached.
+    prefs.cache_dir = str(tmp_path_factory.mktemp("takes-cache"))
     scene = bpy.data.scenes.new("takes")
     window = bpy.context.window
     old = window.scene if window else None
@@ -50,7 +52,7 @@ def shot(ext, assets, tmp_path_factory) -> Any:
         window.scene = old
     bpy.data.scenes.remove(scene)
     bpy.data.texts.remove(text)
-    prefs.device = "auto"
+    prefs.device, prefs.cache_dir = "auto", ""
 
 
 def _ctx(scene: Any) -> Any:
