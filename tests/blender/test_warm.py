@@ -57,7 +57,8 @@ def shot(ext, assets, tmp_path_factory) -> Any:
     sys.modules[f"{MODULE}.tokenflow_blender"].warm.shutdown_all()
     if window and old is not None:
         window.scene = old
-    bpy.data.scenes.remove(scene)
+    # Not removed: bpy 5.0.1 segfaulted in scenes.remove() here once (result strips added by the
+    # warm engine's jobs); the scene is left in this test session's throwaway file instead.
     prefs.device = "auto"
 
 
