@@ -63,6 +63,9 @@ def shot(ext, assets, tmp_path_factory) -> Any:
     if window and old is not None:
         window.scene = old
     bpy.data.scenes.remove(scene)
+    # Fetched again: a test below disables and re-enables the extension, which frees the
+    # preferences `prefs` pointed to (writing through it segfaulted bpy 4.5).
+    prefs = bpy.context.preferences.addons[MODULE].preferences
     prefs.device = "auto"
     prefs.keep_engine_warm = True
 

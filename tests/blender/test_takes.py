@@ -52,6 +52,7 @@ def shot(ext, assets, tmp_path_factory) -> Any:
         window.scene = old
     bpy.data.scenes.remove(scene)
     bpy.data.texts.remove(text)
+    prefs = bpy.context.preferences.addons[MODULE].preferences  # fresh: never a freed pointer
     prefs.device, prefs.cache_dir = "auto", ""
 
 

@@ -57,9 +57,10 @@ def shot(ext, assets, tmp_path_factory) -> Any:
     sys.modules[f"{MODULE}.tokenflow_blender"].warm.shutdown_all()
     if window and old is not None:
         window.scene = old
-    # Not removed: bpy 5.0.1 segfaulted in scenes.remove() here once (result strips added by the
-    # warm engine's jobs); the scene is left in this test session's throwaway file instead.
-    prefs.device = "auto"
+    bpy.data.scenes.remove(scene)
+    # Fetched again: a test below disables and re-enables the extension, which frees the
+    # preferences the first `prefs` pointed to (writing through it segfaulted bpy 4.5 and 5.0).
+    _prefs().device = "auto"
 
 
 def _run(tf, scene: Any, operator: str = "sequencer.tokenflow_preview") -> Any:
