@@ -19,7 +19,7 @@ and residual features (chosen ResNet, first steps) into the two edit copies.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from .keyframes import FrameSource
-from .matching import nearest_tokens, unit
+from .matching import MatchOptions, nearest_tokens, reduce, unit
 
 COPIES = 3
 # The reference implementation's PnP layers (SD's decoder).
@@ -59,7 +59,15 @@ class TokenFlowState:
     keyframe_tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # (K, S, D), unit length
     keyframe_outputs: dict[str, torch.Tensor] = field(default_factory=dict)  # (3, K, S, D)
     plan: list[FrameSource] = field(default_factory=list)  # the current chunk's frames
+    # The shot indices of the current chunk's frames and of this step's keyframes: a field is
+    # remembered by (scope, frame, keyframe), so a reused field is never the wrong pair's.
+    chunk_frames: list[int] = field(default_factory=list)
+    keyframe_frames: list[int] = field(default_factory=list)
     n_keyframes: int = 0
+    match: MatchOptions = field(default_factory=MatchOptions)
+    reuse_from: int | None = None  # the first step that reuses the step before's fields
+    fields: dict[tuple[object, int, int], torch.Tensor] = field(default_factory=dict)
+    searches: int = 0  # nearest-neighbour searches run (a field reused is not one)
     owned: list[tuple[int, int]] = field(default_factory=list)
     injections: set[tuple[int, str]] = field(default_factory=set)  # (step, "qk" | "conv")
     # The owned indices as tensors per (tokens' device, store device): made once per keyframe pass,
@@ -73,11 +81,46 @@ class TokenFlowState:
             raise ValueError(f"unknown attention mode {mode!r}")
         self.mode = mode
 
-    def begin_step(self, step: int, inject_qk: bool, inject_conv: bool, n_keyframes: int = 0) -> None:
+    def begin_step(
+        self,
+        step: int,
+        inject_qk: bool,
+        inject_conv: bool,
+        n_keyframes: int = 0,
+        keyframes: Sequence[int] = (),
+    ) -> None:
         self.step, self.inject_qk, self.inject_conv = step, inject_qk, inject_conv
         self.n_keyframes = n_keyframes
+        self.keyframe_frames = list(keyframes)
         self.keyframe_tokens.clear()
         self.keyframe_outputs.clear()
+        if self.reuse_from is None or step < self.reuse_from:
+            self.fields.clear()
+
+    def begin_chunk(self, frames: list[int], plan: list[FrameSource]) -> None:
+        """The next propagate call's frames. Fields outlive the call only while they may be reused:
+        from the step before `reuse_from` on; otherwise memory stays one chunk's fields."""
+        self.chunk_frames, self.plan = frames, plan
+        if self.reuse_from is None or self.step < self.reuse_from - 1:
+            self.fields.clear()
+
+    def nearest(
+        self, scope: object, i: int, key: int, queries: Callable[[], torch.Tensor], key_tokens: torch.Tensor
+    ) -> torch.Tensor:
+        """The field of chunk frame i onto keyframe position `key`: remembered, or searched.
+
+        `queries` is a callable giving the frame's unit source tokens (only called on a search).
+        """
+        name = (scope, self.chunk_frames[i], self.keyframe_frames[key]) if self.keyframe_frames else None
+        found = self.fields.get(name) if name else None
+        if found is not None:
+            return found
+        q, dims = queries(), self.match.dims
+        idx = nearest_tokens(reduce(q, dims), reduce(key_tokens[key].to(q.device), dims), normalized=True)
+        self.searches += 1
+        if name:
+            self.fields[name] = idx
+        return idx
 
     def set_keyframe_batch(self, owned: list[tuple[int, int]]) -> None:
         """Which frames of the next keyframe pass to keep: (batch index, keyframe position) pairs.
@@ -200,17 +243,25 @@ class TokenFlowAttnProcessor:
         key_tokens = state.keyframe_tokens[self.layer]
         key_outputs = state.keyframe_outputs[self.layer]
         device, dtype = hidden_states.device, hidden_states.dtype
+        # "level": one field per resolution (token count) for all layers of that resolution
+        scope = self.layer if state.match.scope == "layer" else ("level", hidden_states.shape[1])
         frames = []
         for i, src in enumerate(state.plan):
             out_a = key_outputs[:, src.a].to(device)
             if src.exact:
                 frames.append(out_a.to(dtype))
                 continue
-            queries = unit(hidden_states[i])
-            idx_a = nearest_tokens(queries, key_tokens[src.a].to(device), normalized=True)
+            made: list[torch.Tensor] = []
+
+            def queries(i: int = i, made: list[torch.Tensor] = made) -> torch.Tensor:
+                if not made:  # normalised once per frame, however many searches need it
+                    made.append(unit(hidden_states[i]))
+                return made[0]
+
+            idx_a = state.nearest(scope, i, src.a, queries, key_tokens)
             mixed = out_a[:, idx_a].float()
             if src.b != src.a:
-                idx_b = nearest_tokens(queries, key_tokens[src.b].to(device), normalized=True)
+                idx_b = state.nearest(scope, i, src.b, queries, key_tokens)
                 out_b = key_outputs[:, src.b].to(device)[:, idx_b].float()
                 # lerp form: a frame between two equal keyframes gets exactly their output
                 mixed = torch.lerp(out_b, mixed, src.weight_a)

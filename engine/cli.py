@@ -46,6 +46,11 @@ OPTION_HELP = {
     "keyframe_batch": "keyframes that attend to each other jointly in one UNet call; beyond this, "
     "keyframes go in groups with their neighbours and a few global anchors (bounded memory for long shots)",
     "keyframe_anchors": "global anchor keyframes every group also attends to, when keyframes are grouped",
+    "match_scope": "layer: a nearest-neighbour search at every self-attention layer (the reference); "
+    "level: one per resolution level, shared by that level's layers (cheaper)",
+    "match_reuse_steps": "the last this many steps reuse the nearest-neighbour fields of the step "
+    "before them (0: search at every step)",
+    "match_dims": "search nearest neighbours in a random projection to this many dimensions (0: full width)",
     "evaluate": "measure temporal consistency (warp error etc.) of the result and report it in 'done'",
 }
 
@@ -93,6 +98,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
                 "keyframe_mode": protocol.KEYFRAME_MODES,
                 "edit_mode": protocol.EDIT_MODES,
                 "method": protocol.METHODS,
+                "match_scope": protocol.MATCH_SCOPES,
                 "device": protocol.DEVICES,
             }.get(f.name)
             parser.add_argument(flag, type=kind, default=default, choices=choices, help=help_text)

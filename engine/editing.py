@@ -16,6 +16,7 @@ from diffusers import DDIMScheduler
 
 from . import attention, keyframes, matte
 from .finite import require_finite
+from .matching import MatchOptions
 from .models import Model
 
 
@@ -35,6 +36,7 @@ class EditSettings:
     keyframe_batch: int = 8
     keyframe_anchors: int = 3
     frame_range: tuple[int, int] | None = None  # produce only these frames [start, end) (farm chunks)
+    match: MatchOptions = field(default_factory=MatchOptions)  # how propagation searches its fields
     qk_layers: Sequence[str] = attention.DEFAULT_QK_LAYERS
     conv_layers: Sequence[str] = attention.DEFAULT_CONV_LAYERS
 
@@ -91,10 +93,13 @@ class Editor:
         self.source = source
         self.prompts = prompts
         self.on_call = on_call or (lambda stage, frames: None)
-        self.state = attention.TokenFlowState()
+        self.state = attention.TokenFlowState(match=settings.match)
+        reuse = settings.match.reuse_steps
         self.scheduler = DDIMScheduler.from_config(model.scheduler_config, clip_sample=False)
         self.scheduler.set_timesteps(settings.steps)
         self.timesteps = edit_timesteps(model, settings)
+        if reuse:  # the first step always searches
+            self.state.reuse_from = max(1, len(self.timesteps) - reuse)
         # (N, 1, h, w) on the latent grid, or None: outside it the latents follow the source's.
         self.matte: torch.Tensor | None = None
         self._t_device: tuple[int, torch.Tensor] | None = None
@@ -172,7 +177,7 @@ class Editor:
             if self.matte is not None and step:
                 x = matte.limit(x, src, self.matte)
             keys = self._keyframes(n_frames, step, preview)
-            state.begin_step(step, inject_qk=step < n_qk, inject_conv=step < n_conv, n_keyframes=len(keys))
+            state.begin_step(step, step < n_qk, step < n_conv, n_keyframes=len(keys), keyframes=keys)
             if s.method == "per-frame":
                 x = self._per_frame_step(x, src, t, keys if preview else carried, cancelled)
                 continue
@@ -180,16 +185,20 @@ class Editor:
             if preview:
                 x = denoised
                 continue
+            # The keyframes were stepped by the keyframe pass: a keyframe in a propagation chunk
+            # would take its own kept outputs and get the same step again (19% more UNet work at
+            # stride 8), so only the other frames are propagated.
             state.set_mode("propagate")
-            new = x.clone()
-            for start in range(0, len(carried), s.chunk_size):
+            keyset = set(keys)
+            others = [f for f in carried if f not in keyset]
+            for start in range(0, len(others), s.chunk_size):
                 cancelled()
-                chunk = carried[start : start + s.chunk_size]
-                state.plan = keyframes.sources(chunk, keys)
+                chunk = others[start : start + s.chunk_size]
+                state.begin_chunk(chunk, keyframes.sources(chunk, keys))
                 eps = self._guided_eps(src[chunk], x[chunk], t)
-                new[chunk] = self._denoise(eps, t, x[chunk])
+                denoised[chunk] = self._denoise(eps, t, x[chunk])
                 self.on_call("propagate", len(chunk))
-            x = new
+            x = denoised
         state.set_mode("plain")
         produced = keys if preview else list(self.produce(n_frames))
         reported = [] if s.method == "per-frame" and not preview else keys

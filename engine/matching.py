@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
+
+from .protocol import MATCH_SCOPES
 
 # Among keys as similar as the best to within this, the one at the query's own position wins:
 # flat regions (black letterboxing, sky) hold many identical tokens, and a frame that equals its
@@ -37,3 +42,48 @@ def nearest_tokens(
             sim[rows, rows + start] += SAME_POSITION_BONUS
         out[start : start + block] = sim.argmax(dim=-1)
     return out
+
+
+# -- cheaper matching (bench/engine_bench.py measures each; bench/edit_bench.py decides defaults) --
+SCOPES = MATCH_SCOPES
+
+
+@dataclass(frozen=True)
+class MatchOptions:
+    """How propagation finds its nearest-neighbour fields.
+
+    - `scope`: ``layer`` searches at every self-attention layer with that layer's tokens (the
+      reference); ``level`` searches once per resolution level and UNet call, at the level's first
+      layer, and every later layer of that resolution (down and up path) reuses the field.
+    - `reuse_steps`: the last this many denoising steps reuse the fields of the step before them
+      (the source features barely change at the end of the schedule); 0 searches at every step.
+    - `dims`: search in a fixed random orthonormal projection to this many dimensions (0: the
+      tokens' own width), which cuts the search's multiply-adds by width / dims.
+    """
+
+    scope: str = "layer"
+    reuse_steps: int = 0
+    dims: int = 0
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise ValueError(f"unknown match scope {self.scope!r}: one of {', '.join(SCOPES)}")
+        if self.reuse_steps < 0 or self.dims < 0:
+            raise ValueError("match reuse_steps and dims must be 0 or more")
+
+
+@lru_cache(maxsize=32)
+def projection(width: int, dims: int, device: torch.device) -> torch.Tensor:
+    """A (width, dims) matrix with orthonormal columns, the same for every process and layer of
+    that width (seeded by the width), so keyframe tokens and queries are projected alike."""
+    generator = torch.Generator().manual_seed(width)
+    q, _ = torch.linalg.qr(torch.randn(width, dims, generator=generator))
+    return q.to(device)
+
+
+def reduce(tokens: torch.Tensor, dims: int) -> torch.Tensor:
+    """Unit tokens (..., width) -> unit tokens (..., dims); unchanged when dims is 0 or too wide."""
+    width = tokens.shape[-1]
+    if not dims or dims >= width:
+        return tokens
+    return F.normalize(tokens @ projection(width, dims, tokens.device), dim=-1)

@@ -85,6 +85,7 @@ STAGES_OF_JOB = (STAGE_PREVIEW, STAGE_PROPAGATE, STAGE_INVERT)
 KEYFRAME_MODES = ("fixed", "resample")
 EDIT_MODES = ("pnp", "sdedit")
 METHODS = ("tokenflow", "per-frame")
+MATCH_SCOPES = ("layer", "level")
 MATTE_CHANNELS = ("auto", "alpha", "luminance")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
@@ -122,6 +123,10 @@ class Job:
     chunk_size: int = 8
     keyframe_batch: int = 8
     keyframe_anchors: int = 3
+    # How propagation searches its nearest-neighbour fields (engine/matching.py, MatchOptions).
+    match_scope: str = "layer"
+    match_reuse_steps: int = 0
+    match_dims: int = 0
     evaluate: bool = False
     # Colour: the source frames' colour space as Blender names it and the OCIO config that defines
     # it. An empty colorspace means display-referred sRGB files, which go to the model as they are.
@@ -204,6 +209,9 @@ class Job:
         _integer("chunk_size", self.chunk_size, 1, 256)
         _integer("keyframe_batch", self.keyframe_batch, 1, 1024)
         _integer("keyframe_anchors", self.keyframe_anchors, 0, 64)
+        _choice("match_scope", self.match_scope, MATCH_SCOPES)
+        _integer("match_reuse_steps", self.match_reuse_steps, 0, 1000)
+        _integer("match_dims", self.match_dims, 0, 4096)
         _integer("seed", self.seed, 0, 2**32 - 1)
         _integer("size", self.size, 64, 4096)
         if self.size % 64:

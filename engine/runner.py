@@ -19,6 +19,7 @@ from .errors import BadInput, EngineError, OutOfMemory, is_out_of_memory
 from .events import CancelToken, Emitter, Progress
 from .fingerprint import INDEX_NAME, DigestIndex
 from .inversion import InversionCache, InversionSettings, encode, invert, schedule_fingerprint
+from .matching import MatchOptions
 from .models import Model, load
 from .outputs import MANIFEST, Destination, disk_full, refuse_existing, withdraw
 from .preflight import default_cache_dir  # noqa: F401 (where callers have looked for it)
@@ -49,6 +50,7 @@ def settings_from_job(job: protocol.Job) -> EditSettings:
         keyframe_batch=job.keyframe_batch,
         keyframe_anchors=job.keyframe_anchors,
         frame_range=tuple(job.frame_range) if job.frame_range else None,
+        match=MatchOptions(job.match_scope, job.match_reuse_steps, job.match_dims),
     )
 
 
@@ -164,6 +166,7 @@ class Run:
         self.emit(protocol.EVENT_KEYFRAMES, indices=result.keyframes)
         conv, qk = injection_steps(settings)
         self.stats["injection_steps"] = {"residual": conv, "qk": qk}
+        self.stats["match_searches"] = editor.state.searches  # a reused or shared field is not one
         assert ready.destination is not None
         return self._write(
             shot, size, ready.destination, result.frames, result.latents, result.keyframes, preview
@@ -253,8 +256,9 @@ class Run:
         else:
             batches = keyframes.passes(len(keys), settings.keyframe_batch, settings.keyframe_anchors)
             self.progress.plan("keyframes", steps * sum(len(p.members) for p in batches))
-            if not preview:
-                self.progress.plan("propagate", steps * len(editor.needed(n, preview=False)))
+            if not preview:  # every carried frame but the step's keyframes (the keyframe pass steps them)
+                carried = len(editor.needed(n, preview=False))
+                self.progress.plan("propagate", steps * (carried - len(keys)))
 
     def _on_edit_call(self, stage: str, n: int) -> None:
         key = "keyframe_unet_frames" if stage == "keyframes" else "propagate_unet_frames"

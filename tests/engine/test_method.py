@@ -71,11 +71,12 @@ def test_fixed_preview_matches_propagated_keyframes(model, city16, tmp_path):
     assert len(f["files"]) == 10
     for index, preview_file in zip(p["indices"], p["files"], strict=True):
         diff = np.abs(read(preview_file) - read(f["files"][index])).max()
-        assert diff <= 2, f"keyframe {index} differs by {diff}/255 between preview and propagation"
+        assert diff <= 1, f"keyframe {index} differs by {diff}/255 between preview and propagation"
     # A preview costs the keyframes' UNet work only: K of N frames per step.
     assert p["stats"]["propagate_unet_frames"] == 0
     assert p["stats"]["keyframe_unet_frames"] == 3 * 4
-    assert f["stats"]["propagate_unet_frames"] == 3 * 10
+    # Propagation steps the 6 other frames only: the keyframe pass already stepped the keyframes.
+    assert f["stats"]["propagate_unet_frames"] == 3 * 6
     # Non-keyframes are not simply copies of a keyframe.
     assert np.abs(read(f["files"][1]) - read(f["files"][0])).max() > 0
 
