@@ -119,6 +119,15 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=8)
     parser.add_argument("--device", default="auto")
     parser.add_argument(
+        "--match",
+        nargs="*",
+        default=["level", "reuse", "dims", "level-reuse"],
+        choices=["level", "reuse", "dims", "level-reuse"],
+        help="propagation speed options to time against exact TokenFlow (engine/matching.MatchOptions)",
+    )
+    parser.add_argument("--match-dims", type=int, default=32, help="the projected search's dimensions")
+    parser.add_argument("--match-reuse", type=int, default=2, help="last steps that reuse fields")
+    parser.add_argument(
         "--repeat", type=int, default=2, help="runs of tokenflow, per-frame, preview, interleaved"
     )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "engine"))
@@ -141,7 +150,7 @@ def main() -> None:
     work = Path(scratch.name)
     if not args.model:
         args.model = str(make_tiny_model(work / f"model-{args.model_size}", size=args.model_size))
-    most = max([args.frames, *map(int, args.memory_frames.split(","))])
+    most = max([args.frames, *[int(v) for v in args.memory_frames.split(",") if v.strip()]])
     frames_dir = work / "frames"
     frames = [str(p) for p in extract_frames("cityCC0.mpg", frames_dir, most, start=0)]
     model = models.load(args.model, devices.choose(args.device))
@@ -177,10 +186,18 @@ def main() -> None:
 
     measure("first_edit", prompt="a watercolor painting")
     measure("re_edit", prompt="a snowy street at night")
+    options = {
+        "level": {"match_scope": "level"},
+        "reuse": {"match_reuse_steps": args.match_reuse},
+        "dims": {"match_dims": args.match_dims},
+        "level-reuse": {"match_scope": "level", "match_reuse_steps": args.match_reuse},
+    }
     for _ in range(args.repeat):  # interleaved, so that a slow spell of the machine hits both
         measure("tokenflow", prompt="a neon cyberpunk city")
         measure("per_frame", prompt="a neon cyberpunk city", method="per-frame")
         measure("preview", prompt="a neon cyberpunk city", stage="preview")
+        for name in args.match:
+            measure(f"tokenflow_{name}", prompt="a neon cyberpunk city", **options[name])
     # per-frame counts only the edit copies' frames; both read their inversion from the cache
     ratios = {
         "tokenflow_over_per_frame_time": runs["tokenflow"]["seconds"] / runs["per_frame"]["seconds"],
@@ -189,9 +206,16 @@ def main() -> None:
         "re_edit_over_first_time": runs["re_edit"]["seconds"] / runs["first_edit"]["seconds"],
         "re_edit_inversion_unet_frames": runs["re_edit"]["stats"]["inversion_unet_frames"],
     }
+    for name in args.match:
+        ratios[f"tokenflow_{name}_over_per_frame_time"] = (
+            runs[f"tokenflow_{name}"]["seconds"] / runs["per_frame"]["seconds"]
+        )
+        searches = runs[f"tokenflow_{name}"]["stats"]["match_searches"]
+        exact = runs["tokenflow"]["stats"]["match_searches"]
+        ratios[f"tokenflow_{name}_searches_over_exact"] = searches / exact
 
     memory = []
-    for n in map(int, args.memory_frames.split(",")):
+    for n in [int(v) for v in args.memory_frames.split(",") if v.strip()]:  # "" skips memory runs
         cmd = [
             sys.executable,
             __file__,
