@@ -11,7 +11,8 @@ with a Job whose model is the folder; the loaded model is reused between runs as
 - temporal consistency: warp error (engine/evaluate.py) of the edit, of the ground truth, of the source;
 - methods side by side: TokenFlow fixed, TokenFlow resample, per-frame PnP, SDEdit (per frame).
 
-The engine ties the inversion's step count to the edit's (`steps`), so both use --steps.
+The inversion takes --inversion-steps DDIM steps (0, the default: --steps, as the edit), e.g. the
+reference's fine inversion for a coarser edit: `--steps 25 --inversion-steps 50`.
 Finished runs are kept in the results folder and skipped on a re-run, so the bench can be split over
 processes (`--clips`) and resumed; `--report` only assembles the JSON, chart and contact sheet.
 
@@ -74,7 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--frames", type=int, default=16, help="held-out frames per clip")
     p.add_argument("--size", type=int, default=256, help="working size (long side)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps of the inversion and of the edit")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps of the edit")
+    p.add_argument(
+        "--inversion-steps",
+        type=int,
+        default=0,
+        help="DDIM steps of the inversion (0: --steps); finished runs in --out are kept, so use a new --out",
+    )
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--negative", default="", help="negative prompt (the model was trained with '' dropout)")
     p.add_argument("--keyframe-stride", type=int, default=8)
@@ -216,6 +223,7 @@ def bench_clip(engine: Engine, clip: str, args: argparse.Namespace, results: dic
         "source_prompt": caption,
         "negative_prompt": args.negative,
         "steps": args.steps,
+        "inversion_steps": args.inversion_steps,
         "seed": args.seed,
         "size": args.size,
         "keyframe_stride": args.keyframe_stride,

@@ -29,7 +29,10 @@ OPTION_HELP = {
     "(Stable Diffusion 1.x / 2.x)",
     "device": "auto picks CUDA, then Apple MPS, then the CPU (slow)",
     "cache_dir": "where inversions are cached (default $TOKENFLOW_CACHE or ~/.cache/tokenflow)",
-    "steps": "DDIM steps for inversion and edit (the inversion is cached per frame for these steps)",
+    "steps": "DDIM steps of the edit, and of the inversion unless --inversion-steps is set (the inversion "
+    "is cached per frame for its steps)",
+    "inversion_steps": "DDIM steps of the inversion, 0: as --steps. More than --steps (e.g. 50 for 25, as "
+    "the reference inverts finely and edits coarsely) needs 1000 // inversion_steps to divide 1000 // steps",
     "guidance": "classifier-free guidance scale: higher follows the prompt more closely",
     "pnp_f_t": "fraction of the first steps with PnP residual-feature injection (structure from the source)",
     "pnp_attn_t": "fraction of the first steps with PnP self-attention query/key injection",

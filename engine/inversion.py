@@ -38,12 +38,16 @@ class InversionSettings:
     dtype: str
     width: int
     height: int
-    steps: int
+    steps: int  # of the inversion
     prompt: str
     scheduler: str  # the noise schedule (betas, offset, spacing, prediction type) as JSON
+    # The edit's step count when it has fewer steps than the inversion: the entry keeps the latents at
+    # the edit's timesteps only. 0: the same count (and the key is what it was before this field).
+    edit_steps: int = 0
 
     def key(self) -> str:
-        text = json.dumps({"format": CACHE_FORMAT, **self.__dict__}, sort_keys=True)
+        items = {k: v for k, v in self.__dict__.items() if k != "edit_steps" or v}
+        text = json.dumps({"format": CACHE_FORMAT, **items}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -186,6 +190,17 @@ def encode(model: Model, images: torch.Tensor) -> torch.Tensor:
     return latents
 
 
+def _inverse_scheduler(model: Model, steps: int) -> DDIMInverseScheduler:
+    scheduler = DDIMInverseScheduler.from_config(model.scheduler_config, clip_sample=False)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def inversion_timesteps(model: Model, steps: int) -> list[int]:
+    """The ascending timesteps of a `steps`-step inversion (no UNet call): the edit's must be among them."""
+    return [int(t) for t in _inverse_scheduler(model, steps).timesteps]
+
+
 @torch.no_grad()
 def invert(
     model: Model,
@@ -193,23 +208,27 @@ def invert(
     prompt_embeds: torch.Tensor,
     steps: int,
     on_call: Callable[[], None] | None = None,
+    keep: Sequence[int] | None = None,
 ) -> tuple[list[int], torch.Tensor]:
     """DDIM-invert clean latents (B, 4, h, w) with the source prompt (no guidance).
 
     Returns the ascending timesteps and the latents after each step, (T, B, 4, h, w) on the CPU:
-    entry i is the noisy latent the edit starts its step at timestep[i] from.
+    entry i is the noisy latent the edit starts its step at timestep[i] from. With `keep`, only the
+    steps ending at those timesteps are returned (a finer inversion for a coarser edit).
     """
-    scheduler = DDIMInverseScheduler.from_config(model.scheduler_config, clip_sample=False)
-    scheduler.set_timesteps(steps)
+    scheduler = _inverse_scheduler(model, steps)
     device, dtype = model.placement.device, model.placement.dtype
     x = latents.to(device, torch.float32)
     embeds = prompt_embeds.expand(x.shape[0], -1, -1)
-    kept = []
+    wanted = None if keep is None else {int(t) for t in keep}
+    timesteps, kept = [], []
     for t in scheduler.timesteps:
         if on_call:
             on_call()
         eps = model.unet(x.to(dtype), t, encoder_hidden_states=embeds).sample.float()
         x = scheduler.step(eps, t, x).prev_sample
         require_finite(x, f"the UNet during the inversion (timestep {int(t)})", dtype)
-        kept.append(x.cpu())
-    return [int(t) for t in scheduler.timesteps], torch.stack(kept)
+        if wanted is None or int(t) in wanted:
+            timesteps.append(int(t))
+            kept.append(x.cpu())
+    return timesteps, torch.stack(kept)

@@ -110,6 +110,9 @@ class Job:
     device: str = "auto"
     cache_dir: str = ""
     steps: int = 50
+    # DDIM steps of the inversion; 0: the same as `steps`. More inversion steps than edit steps (the
+    # reference inverts finely and edits coarsely) need the edit's timesteps among the inversion's.
+    inversion_steps: int = 0
     guidance: float = 7.5
     pnp_f_t: float = 0.8
     pnp_attn_t: float = 0.5
@@ -205,6 +208,7 @@ class Job:
         _choice("method", self.method, METHODS)
         _choice("device", self.device, DEVICES)
         _integer("steps", self.steps, 1, 1000)
+        _validate_inversion_steps(self.steps, self.inversion_steps)
         _integer("keyframe_stride", self.keyframe_stride, 1, 1000)
         _integer("chunk_size", self.chunk_size, 1, 256)
         _integer("keyframe_batch", self.keyframe_batch, 1, 1024)
@@ -248,6 +252,50 @@ class Job:
             )
         if self.stage == STAGE_PREVIEW:
             raise JobError("'frame_range' is for propagate chunks; a preview always covers the keyframes")
+
+
+TRAIN_TIMESTEPS = 1000  # Stable Diffusion 1.x / 2.x
+
+
+def leading_timesteps(steps: int) -> set[int]:
+    """DDIM timesteps (less the scheduler's steps_offset) of `steps` steps with diffusers' 'leading'
+    spacing over 1000 training timesteps: what SD 1.x / 2.x schedulers use."""
+    ratio = TRAIN_TIMESTEPS // steps
+    return set(range(0, steps * ratio, ratio))
+
+
+def _validate_inversion_steps(steps: int, inversion_steps: Any) -> None:
+    """The edit starts each step from an inverted latent, so its timesteps must be among the inversion's.
+
+    For leading spacing that holds when 1000 // inversion_steps divides 1000 // steps and the inversion
+    reaches the edit's noisiest timestep: not whenever inversion_steps is a multiple of steps (6 steps
+    miss 3 steps' 333 and 666), nor only then (500 cover 7). Checked here for the standard schedule; the
+    engine checks the model's own schedule exactly before inverting.
+    """
+    _integer("inversion_steps", inversion_steps, 0, TRAIN_TIMESTEPS)
+    if inversion_steps in (0, steps):
+        return
+    edit = leading_timesteps(steps)
+    if edit <= leading_timesteps(inversion_steps):
+        return
+    valid = [n for n in range(steps + 1, TRAIN_TIMESTEPS + 1) if edit <= leading_timesteps(n)]
+    nice = [n for n in valid if n % steps == 0] or valid  # e.g. 50 for 25: the reference's pairs
+    picks = [n for n in nice if n < inversion_steps][-1:] + [n for n in nice if n > inversion_steps][:1]
+    choice = f"{' or '.join(map(str, picks))} inversion steps, or " if picks else ""
+    apart, inverted_apart = TRAIN_TIMESTEPS // steps, TRAIN_TIMESTEPS // inversion_steps
+    if inversion_steps < steps:
+        why = "an inversion needs at least as many steps as the edit"
+    elif apart % inverted_apart:
+        why = (
+            f"the edit's DDIM timesteps are {apart} apart, the inversion's {inverted_apart} "
+            "(1000 // inversion_steps must divide 1000 // steps)"
+        )
+    else:
+        why = "the inversion ends below the edit's noisiest timestep"
+    raise JobError(
+        f"'inversion_steps' {inversion_steps} does not cover the edit's {steps} 'steps': {why}. "
+        f"Choose {choice}0 to invert with the edit's {steps} steps"
+    )
 
 
 MAX_VARIATIONS = 16

@@ -18,7 +18,14 @@ from .editing import Editor, EditSettings, Prompts, decode_chunks, edit_timestep
 from .errors import BadInput, EngineError, OutOfMemory, is_out_of_memory
 from .events import CancelToken, Emitter, Progress
 from .fingerprint import INDEX_NAME, DigestIndex
-from .inversion import InversionCache, InversionSettings, encode, invert, schedule_fingerprint
+from .inversion import (
+    InversionCache,
+    InversionSettings,
+    encode,
+    inversion_timesteps,
+    invert,
+    schedule_fingerprint,
+)
 from .matching import MatchOptions
 from .models import Model, load
 from .outputs import MANIFEST, Destination, disk_full, refuse_existing, withdraw
@@ -175,10 +182,21 @@ class Run:
     def _source_latents(self, shot: frames.Shot, size: frames.Geometry, needed: list[int]):
         """Inverted latents at every edit timestep for the frames the run reads, cached per frame.
 
-        Frames the run never reads (outside a farm chunk's reach) stay zero and are not inverted.
+        Frames the run never reads (outside a farm chunk's reach) stay zero and are not inverted. The
+        inversion may take more steps than the edit (`inversion_steps`); it keeps the edit's timesteps.
         """
         model, job = self.model, self.job
         assert model is not None
+        steps = job.inversion_steps or job.steps
+        wanted = sorted(edit_timesteps(model, EditSettings(steps=job.steps)))
+        passed = inversion_timesteps(model, steps)
+        if not set(wanted) <= set(passed):  # the job's check assumed leading spacing; this is the model's
+            raise BadInput(
+                f"inversion_steps {steps} does not reach every timestep of the edit's {job.steps} steps "
+                f"with this model's noise schedule ({model.scheduler_config.get('timestep_spacing')!r} "
+                f"spacing): missing {sorted(set(wanted) - set(passed))[:4]}; use inversion_steps 0 (the "
+                "edit's own count) or a count whose timesteps include the edit's"
+            )
         cache = InversionCache(job.cache_dir or default_cache_dir(), memory=self.inversions)
         if self.ready is not None and self.ready.cache_problem:
             cache.write_error = self.ready.cache_problem  # warned once by the pre-flight: no write tried
@@ -188,11 +206,11 @@ class Run:
             dtype=str(model.placement.dtype),
             width=size.padded[0],
             height=size.padded[1],
-            steps=job.steps,
+            steps=steps,
             prompt=job.source_prompt,
             scheduler=schedule_fingerprint(model.scheduler_config),
+            edit_steps=job.steps if steps != job.steps else 0,  # not a coarse inversion's entry
         )
-        wanted = sorted(edit_timesteps(model, EditSettings(steps=job.steps)))
         h, w = size.padded[1] // model.vae_factor, size.padded[0] // model.vae_factor
         shape = (len(wanted), 4, h, w)
         found = {i: cache.get(inv, shot.frames[i].cache_key, wanted, shape) for i in needed}
@@ -201,7 +219,7 @@ class Run:
         self.stats["cache_misses"] = len(missing)
         self.stats["cache_rejected"] = cache.rejected
         if missing:
-            self.progress.plan("inversion", len(missing) * job.steps)
+            self.progress.plan("inversion", len(missing) * steps)
             embeds = self._encode(job.source_prompt)
             for start in range(0, len(missing), job.chunk_size):
                 self.cancel.check()
@@ -216,7 +234,7 @@ class Run:
                     self.stats["inversion_unet_frames"] += n
                     self.progress.advance("inversion", n)
 
-                timesteps, latents = invert(model, clean, embeds, job.steps, on_call)
+                timesteps, latents = invert(model, clean, embeds, steps, on_call, keep=wanted)
                 if timesteps != wanted:
                     raise EngineError(f"inversion timesteps {timesteps[:3]}... differ from the edit's")
                 for j, i in enumerate(chunk):

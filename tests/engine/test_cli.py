@@ -150,6 +150,7 @@ def test_help_explains_every_option():
         "--chunk-size",
         "--edit-mode",
         "--method",
+        "--inversion-steps",
     ):
         assert flag in result.stdout
     text = " ".join(result.stdout.split())
