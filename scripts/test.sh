@@ -3,55 +3,32 @@
 #   ruff, the engine tests (engine venv), the extension's tests inside real Blender 4.2 LTS, 4.5 LTS
 #   and 5.0 (bpy module venvs, driving the real engine venv), and Blender's own manifest validator + build.
 #
-# The environments are set up concurrently (downloads), and the engine tests run beside the Blender
-# suites (see "run the suites" below); each concurrent part writes its own log, printed whole and in
-# a fixed order with its exit code, and any failure fails the script.
-#   TOKENFLOW_TEST_JOBS=1  runs the suites one after another instead (default 2 lanes).
+# The four environments are set up concurrently (mostly downloads). The four test suites run in two
+# lanes at once (below); each suite writes its own log, and the logs are printed whole, in a fixed
+# order, with each suite's exit code; any failure fails the script.
+#   TOKENFLOW_TEST_LANES=1  runs the suites one after another, their output live (as before).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 logs="$(mktemp -d "${TMPDIR:-/tmp}/tokenflow-test.XXXXXX")"
 trap 'rm -rf "$logs"' EXIT
 
-# --- concurrent parts: started in the background, each with its own log -------------------------
-names=()
-pids=()
-start() {  # start NAME COMMAND...: run COMMAND in the background, its output into $logs/NAME.log
-  local name="$1"
-  shift
-  ("$@") >"$logs/$name.log" 2>&1 &
-  names+=("$name")
-  pids+=("$!")
-}
-finish() {  # wait for every started part in start order; print its header, log and exit code
-  local i rc failed=0
-  for i in "${!names[@]}"; do
-    rc=0
-    wait "${pids[$i]}" || rc=$?
-    echo "== ${names[$i]}"
-    cat "$logs/${names[$i]}.log"
-    echo "-- ${names[$i]}: exit code $rc"
-    [ "$rc" -eq 0 ] || failed=1
-  done
-  names=()
-  pids=()
-  return "$failed"
-}
-summary() {  # the exit codes again, last, so that a failure is not lost in the logs above it
-  local rc=0 name
-  for name in "$@"; do
-    [ -f "$logs/$name.rc" ] && echo "   $name: exit code $(cat "$logs/$name.rc")"
-    [ "$(cat "$logs/$name.rc" 2>/dev/null || echo 1)" = 0 ] || rc=1
-  done
-  return "$rc"
-}
-
-# --- environments (pip downloads and installs; independent of each other) ----------------------
-for env in engine bpy-5.0 bpy-4.2 bpy-4.5; do
-  start "setup $env" bash -c 'bash scripts/setup_env.sh "$1" >"$2"' _ "$env" "$logs/$env.path"
-done
 echo "== environments (set up concurrently)"
-finish
+pids=()
+for env in engine bpy-5.0 bpy-4.2 bpy-4.5; do
+  bash scripts/setup_env.sh "$env" >"$logs/$env.path" 2>"$logs/$env.setup.log" &
+  pids+=("$!")
+done
+failed=0
+for env in engine bpy-5.0 bpy-4.2 bpy-4.5; do
+  rc=0
+  wait "${pids[0]}" || rc=$?
+  pids=("${pids[@]:1}")
+  cat "$logs/$env.setup.log"
+  echo "$env: $(cat "$logs/$env.path") (exit code $rc)"
+  [ "$rc" -eq 0 ] || failed=1
+done
+[ "$failed" -eq 0 ] || { echo "== setting up an environment failed" >&2; exit 1; }
 engine="$(cat "$logs/engine.path")"
 bpy50="$(cat "$logs/bpy-5.0.path")"
 bpy42="$(cat "$logs/bpy-4.2.path")"
@@ -66,10 +43,7 @@ echo "== ruff"
 echo "== Flamenco job type (Node $(node --version))"
 node --test tests/farm/
 
-# --- run the suites ------------------------------------------------------------------------------
-# The engine tests are CPU-bound in one process; the Blender suites mostly wait for the engine
-# subprocesses they start. With 2 lanes, lane 1 runs the engine tests and lane 2 the three Blender
-# versions one after another, so two cores are both busy for most of the run.
+# --- the test suites -------------------------------------------------------------------------------
 engine_tests() {
   echo "torch $("$engine/bin/python" -c 'import torch; print(torch.__version__)')"
   "$engine/bin/python" -m pytest tests/engine -q -p no:cacheprovider
@@ -81,32 +55,53 @@ blender_tests() {  # blender_tests VENV
   [ "$venv" = "$bpy50" ] || demo=(--ignore=tests/blender/test_demo.py)
   "$venv/bin/python" -m pytest tests/blender -q -p no:cacheprovider "${demo[@]}"
 }
-suite() {  # suite NAME COMMAND...: run it, its exit code into $logs/NAME.rc (never stops the lane)
-  local name="$1" rc=0
-  shift
-  echo "== $name"
-  "$@" || rc=$?
-  echo "-- $name: exit code $rc"
-  echo "$rc" >"$logs/$name.rc"
+names=("engine tests" "extension tests in Blender 4.2" "extension tests in Blender 4.5" "extension tests in Blender 5.0")
+run_suite() {  # run_suite INDEX (into names)
+  case "$1" in
+    0) engine_tests ;;
+    1) blender_tests "$bpy42" ;;
+    2) blender_tests "$bpy45" ;;
+    3) blender_tests "$bpy50" ;;
+  esac
 }
-lane_engine() { suite "engine tests" engine_tests; }
-lane_blender() {
-  suite "extension tests in Blender 4.2" blender_tests "$bpy42"
-  suite "extension tests in Blender 4.5" blender_tests "$bpy45"
-  suite "extension tests in Blender 5.0" blender_tests "$bpy50"
+
+suite() {  # suite INDEX: run suite INDEX, its output into $logs/suite-INDEX.log, its exit code into .rc
+  local i="$1" rc=0 started=$SECONDS
+  run_suite "$i" >"$logs/suite-$i.log" 2>&1 || rc=$?
+  echo "$rc" >"$logs/suite-$i.rc"
+  echo "-- ${names[$i]}: exit code $rc after $((SECONDS - started)) s"
 }
-suites=("engine tests" "extension tests in Blender 4.2" "extension tests in Blender 4.5" "extension tests in Blender 5.0")
-if [ "${TOKENFLOW_TEST_JOBS:-2}" = 1 ]; then
-  lane_engine
-  lane_blender
+
+if [ "${TOKENFLOW_TEST_LANES:-2}" = 1 ]; then
+  for i in "${!names[@]}"; do
+    echo "== ${names[$i]}"
+    run_suite "$i"
+  done
 else
-  echo "== engine tests and extension tests in Blender 4.2, 4.5, 5.0 (2 lanes; logs follow when done)"
-  start "lane 1" lane_engine
-  start "lane 2" lane_blender
-  finish || true  # the per-suite exit codes below decide
+  # Two lanes of about equal CPU time (measured on 2 cores: engine tests ~7 min of CPU, each Blender
+  # suite ~5): the engine tests are CPU-bound in one process, the Blender suites mostly wait for the
+  # engine subprocesses they start, so one after another they leave a core idle most of the time.
+  # The suites share nothing on disk: each Blender session has its own HOME and temporary folders.
+  echo "== engine tests and extension tests in Blender 4.2, 4.5, 5.0: two lanes at once (engine, 4.2 | 5.0, 4.5); logs follow"
+  { suite 0; suite 1; } &
+  lane1=$!
+  { suite 3; suite 2; } &
+  lane2=$!
+  wait "$lane1" || true  # a suite's exit code is in its .rc file; a missing one is a failure below
+  wait "$lane2" || true
+  failed=()
+  for i in "${!names[@]}"; do
+    echo "== ${names[$i]}"
+    cat "$logs/suite-$i.log" 2>/dev/null || echo "(no log)"
+    rc="$(cat "$logs/suite-$i.rc" 2>/dev/null || echo "none")"
+    echo "-- ${names[$i]}: exit code $rc"
+    [ "$rc" = 0 ] || failed+=("${names[$i]} (exit code $rc)")
+  done
+  if [ "${#failed[@]}" -gt 0 ]; then
+    printf '== FAILED: %s\n' "${failed[@]}" >&2
+    exit 1
+  fi
 fi
-echo "== exit codes"
-summary "${suites[@]}"
 
 echo "== extension manifest: Blender's validator and build"
 bash scripts/build_extension.sh "$bpy50" "$root/build"
