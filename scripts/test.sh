@@ -78,10 +78,11 @@ if [ "${TOKENFLOW_TEST_LANES:-2}" = 1 ]; then
     run_suite "$i"
   done
 else
-  # Two lanes of about equal CPU time (measured on 2 cores: engine tests ~7 min of CPU, each Blender
-  # suite ~5): the engine tests are CPU-bound in one process, the Blender suites mostly wait for the
-  # engine subprocesses they start, so one after another they leave a core idle most of the time.
-  # The suites share nothing on disk: each Blender session has its own HOME and temporary folders.
+  # Each suite keeps about one core busy (measured on the 2-core box, CPU s / wall s: engine tests
+  # 405/416, Blender 4.2 267/302, 4.5 299/441, 5.0 with the demo 293/329), so one after another the
+  # second core mostly idles. Two lanes of about equal CPU time (~11 and ~10 min) use both cores.
+  # The suites share nothing they write: each Blender session has its own HOME, assets and engine
+  # cache, and pytest's numbered temporary folders are made for concurrent sessions.
   echo "== engine tests and extension tests in Blender 4.2, 4.5, 5.0: two lanes at once (engine, 4.2 | 5.0, 4.5); logs follow"
   { suite 0; suite 1; } &
   lane1=$!
