@@ -185,7 +185,7 @@ def test_stdin_at_eof_that_is_not_a_dying_caller_does_not_cancel(tiny_model_dir,
     assert len(list(out.glob("*.png"))) == 4
 
 
-def test_a_killed_engine_leaves_nothing_a_later_run_trips_over(tiny_model_dir, shot, tmp_path):
+def test_a_killed_engine_leaves_nothing_a_later_run_trips_over(tiny_model_dir, model, shot, tmp_path):
     out = tmp_path / "out"
     proc = start(edit_args(tiny_model_dir, shot, out, tmp_path / "cache", steps=200))
     wait_for_inversion(proc)
@@ -193,8 +193,19 @@ def test_a_killed_engine_leaves_nothing_a_later_run_trips_over(tiny_model_dir, s
     proc.wait()
     left = leftovers(tmp_path)
     assert f".out.tmp-{socket.gethostname()}-{proc.pid}" in left  # what kill -9 leaves
-    result = run_cli(*edit_args(tiny_model_dir, shot, out, tmp_path / "cache"))
-    assert result.returncode == 0, result.stdout + result.stderr
+    # the later run: the same job (edit_args' settings), in this process with the session's model
+    code, events = run_in_process(
+        model,
+        frames=[str(p) for p in sorted(shot.iterdir())],
+        output=str(out),
+        prompt="a red car",
+        steps=2,
+        size=64,
+        chunk_size=2,
+        keyframe_stride=2,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    assert code == protocol.EXIT_OK, events.getvalue()
     assert len(list(out.glob("*.png"))) == 4
     assert leftovers(tmp_path) == []
 
