@@ -50,9 +50,9 @@ TOKENFLOW = "tokenflow-fixed"
 # default is kept only within 0.3 dB of its edit accuracy and 5% of its warp error (issue 12).
 MATCH_VARIANTS: dict[str, dict[str, Any]] = {
     "tokenflow-level": {**METHODS[TOKENFLOW], "match_scope": "level"},
-    "tokenflow-reuse": {**METHODS[TOKENFLOW], "match_reuse_steps": 5},
+    "tokenflow-reuse": {**METHODS[TOKENFLOW], "match_reuse": 0.2},
     "tokenflow-dims": {**METHODS[TOKENFLOW], "match_dims": 16},
-    "tokenflow-level-reuse": {**METHODS[TOKENFLOW], "match_scope": "level", "match_reuse_steps": 5},
+    "tokenflow-level-reuse": {**METHODS[TOKENFLOW], "match_scope": "level", "match_reuse": 0.2},
 }
 MATCH_BUDGET = {"psnr_db": -0.3, "warp_ratio": 1.05}
 ALL_METHODS = {**METHODS, **MATCH_VARIANTS}

@@ -126,7 +126,7 @@ def main() -> None:
         help="propagation speed options to time against exact TokenFlow (engine/matching.MatchOptions)",
     )
     parser.add_argument("--match-dims", type=int, default=32, help="the projected search's dimensions")
-    parser.add_argument("--match-reuse", type=int, default=2, help="last steps that reuse fields")
+    parser.add_argument("--match-reuse", type=float, default=0.2, help="share of last steps reusing fields")
     parser.add_argument(
         "--repeat", type=int, default=2, help="runs of tokenflow, per-frame, preview, interleaved"
     )
@@ -188,9 +188,9 @@ def main() -> None:
     measure("re_edit", prompt="a snowy street at night")
     options = {
         "level": {"match_scope": "level"},
-        "reuse": {"match_reuse_steps": args.match_reuse},
+        "reuse": {"match_reuse": args.match_reuse},
         "dims": {"match_dims": args.match_dims},
-        "level-reuse": {"match_scope": "level", "match_reuse_steps": args.match_reuse},
+        "level-reuse": {"match_scope": "level", "match_reuse": args.match_reuse},
     }
     for _ in range(args.repeat):  # interleaved, so that a slow spell of the machine hits both
         measure("tokenflow", prompt="a neon cyberpunk city")

@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
 
 from engine import keyframes  # noqa: E402
 from engine.attention import TokenFlowState  # noqa: E402
-from engine.matching import nearest_tokens, reduce  # noqa: E402
+from engine.matching import MatchOptions, nearest_tokens, reduce  # noqa: E402
 
 
 class Recording(TokenFlowState):
@@ -107,7 +107,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--stride", type=int, default=4)
     p.add_argument("--dims", type=int, default=16)
-    p.add_argument("--reuse", type=int, default=5)
+    p.add_argument("--reuse", type=float, default=0.2, help="fraction of the last steps that reuse fields")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "match"))
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -129,8 +129,9 @@ def main() -> None:
     )
     with torch.no_grad():
         timesteps, latents = invert(model, encode(model, images), source_embeds, args.steps)
-    state = Recording()
-    state.dims, state.reuse_steps, state.total_steps = args.dims, args.reuse, len(editor.timesteps)
+    state = Recording(match=MatchOptions("layer", 0.0, 0))  # the exact search, scored
+    steps = len(editor.timesteps)
+    state.dims, state.reuse_steps, state.total_steps = args.dims, int(steps * args.reuse), steps
     editor.state = state
     editor.run(preview=False)
     state.reuse_scores(len(editor.timesteps))

@@ -49,9 +49,9 @@ OPTION_HELP = {
     "keyframe_batch": "keyframes that attend to each other jointly in one UNet call; beyond this, "
     "keyframes go in groups with their neighbours and a few global anchors (bounded memory for long shots)",
     "keyframe_anchors": "global anchor keyframes every group also attends to, when keyframes are grouped",
-    "match_scope": "layer: a nearest-neighbour search at every self-attention layer (the reference); "
-    "level: one per resolution level, shared by that level's layers (cheaper)",
-    "match_reuse_steps": "the last this many steps reuse the nearest-neighbour fields of the step "
+    "match_scope": "level: one nearest-neighbour search per resolution level, shared by that level's "
+    "self-attention layers; layer: one at every layer (the reference, slower)",
+    "match_reuse": "fraction of the last steps that reuse the nearest-neighbour fields of the step "
     "before them (0: search at every step)",
     "match_dims": "search nearest neighbours in a random projection to this many dimensions (0: full width)",
     "evaluate": "measure temporal consistency (warp error etc.) of the result and report it in 'done'",

@@ -94,10 +94,10 @@ class Editor:
         self.prompts = prompts
         self.on_call = on_call or (lambda stage, frames: None)
         self.state = attention.TokenFlowState(match=settings.match)
-        reuse = settings.match.reuse_steps
         self.scheduler = DDIMScheduler.from_config(model.scheduler_config, clip_sample=False)
         self.scheduler.set_timesteps(settings.steps)
         self.timesteps = edit_timesteps(model, settings)
+        reuse = int(len(self.timesteps) * settings.match.reuse)  # as injection_steps rounds
         if reuse:  # the first step always searches
             self.state.reuse_from = max(1, len(self.timesteps) - reuse)
         # (N, 1, h, w) on the latent grid, or None: outside it the latents follow the source's.

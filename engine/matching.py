@@ -55,21 +55,21 @@ class MatchOptions:
     - `scope`: ``layer`` searches at every self-attention layer with that layer's tokens (the
       reference); ``level`` searches once per resolution level and UNet call, at the level's first
       layer, and every later layer of that resolution (down and up path) reuses the field.
-    - `reuse_steps`: the last this many denoising steps reuse the fields of the step before them
-      (the source features barely change at the end of the schedule); 0 searches at every step.
+    - `reuse`: the last int(T * reuse) of the T denoising steps reuse the fields of the step before
+      them (the source features barely change at the end of the schedule); 0 searches at every step.
     - `dims`: search in a fixed random orthonormal projection to this many dimensions (0: the
       tokens' own width), which cuts the search's multiply-adds by width / dims.
     """
 
-    scope: str = "layer"
-    reuse_steps: int = 0
+    scope: str = "level"  # the engine's defaults (engine/protocol.Job); ("layer", 0.0, 0) is exact
+    reuse: float = 0.2
     dims: int = 0
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
             raise ValueError(f"unknown match scope {self.scope!r}: one of {', '.join(SCOPES)}")
-        if self.reuse_steps < 0 or self.dims < 0:
-            raise ValueError("match reuse_steps and dims must be 0 or more")
+        if not 0 <= self.reuse <= 1 or self.dims < 0:
+            raise ValueError("match reuse must be a fraction (0 to 1) and dims 0 or more")
 
 
 @lru_cache(maxsize=32)

@@ -126,9 +126,10 @@ class Job:
     chunk_size: int = 8
     keyframe_batch: int = 8
     keyframe_anchors: int = 3
-    # How propagation searches its nearest-neighbour fields (engine/matching.py, MatchOptions).
-    match_scope: str = "layer"
-    match_reuse_steps: int = 0
+    # How propagation searches its nearest-neighbour fields (engine/matching.py, MatchOptions). The
+    # defaults are the cheaper search that bench/edit_bench.py found as good as the exact one ("layer", 0).
+    match_scope: str = "level"
+    match_reuse: float = 0.2  # a fraction of the steps, as pnp_f_t
     match_dims: int = 0
     evaluate: bool = False
     # Colour: the source frames' colour space as Blender names it and the OCIO config that defines
@@ -214,7 +215,7 @@ class Job:
         _integer("keyframe_batch", self.keyframe_batch, 1, 1024)
         _integer("keyframe_anchors", self.keyframe_anchors, 0, 64)
         _choice("match_scope", self.match_scope, MATCH_SCOPES)
-        _integer("match_reuse_steps", self.match_reuse_steps, 0, 1000)
+        _number("match_reuse", self.match_reuse, 0.0, 1.0)
         _integer("match_dims", self.match_dims, 0, 4096)
         _integer("seed", self.seed, 0, 2**32 - 1)
         _integer("size", self.size, 64, 4096)

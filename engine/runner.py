@@ -57,7 +57,7 @@ def settings_from_job(job: protocol.Job) -> EditSettings:
         keyframe_batch=job.keyframe_batch,
         keyframe_anchors=job.keyframe_anchors,
         frame_range=tuple(job.frame_range) if job.frame_range else None,
-        match=MatchOptions(job.match_scope, job.match_reuse_steps, job.match_dims),
+        match=MatchOptions(job.match_scope, job.match_reuse, job.match_dims),
     )
 
 

@@ -151,6 +151,9 @@ def test_help_explains_every_option():
         "--edit-mode",
         "--method",
         "--inversion-steps",
+        "--match-scope",
+        "--match-reuse",
+        "--match-dims",
     ):
         assert flag in result.stdout
     text = " ".join(result.stdout.split())

@@ -44,8 +44,8 @@ def _pixels(path: str) -> np.ndarray:
 
 
 def test_level_scope_searches_once_per_resolution_and_keeps_the_keyframes(model, city16, tmp_path):
-    layer = _run(model, city16, tmp_path, "layer")
-    level = _run(model, city16, tmp_path, "level", match_scope="level")
+    layer = _run(model, city16, tmp_path, "layer", match_scope="layer", match_reuse=0.0, match_dims=0)
+    level = _run(model, city16, tmp_path, "level", match_scope="level", match_reuse=0.0, match_dims=0)
     n_layers = _attention_layers(model)
     # 6 propagated frames x 3 steps, each between two keyframes: 2 searches per layer, or per level
     assert layer["stats"]["match_searches"] == STEPS * 6 * 2 * n_layers
@@ -59,11 +59,12 @@ def test_level_scope_searches_once_per_resolution_and_keeps_the_keyframes(model,
 
 
 def test_reuse_skips_the_last_steps_searches(model, city16, tmp_path):
-    done = _run(model, city16, tmp_path, "reuse", match_reuse_steps=1)
+    # int(3 * 0.34) = 1: the last step reuses the fields of the one before
+    done = _run(model, city16, tmp_path, "reuse", match_scope="layer", match_reuse=0.34)
     n_layers = _attention_layers(model)
     assert done["stats"]["match_searches"] == (STEPS - 1) * 6 * 2 * n_layers
     # asking to reuse in every step still searches in the first one
-    done = _run(model, city16, tmp_path, "reuse-all", match_reuse_steps=STEPS)
+    done = _run(model, city16, tmp_path, "reuse-all", match_scope="layer", match_reuse=1.0)
     assert done["stats"]["match_searches"] == 1 * 6 * 2 * n_layers
 
 
@@ -116,7 +117,7 @@ def test_a_projected_search_still_finds_a_known_shift():
 
 
 def test_dims_option_runs_and_counts_its_searches(model, city16, tmp_path):
-    done = _run(model, city16, tmp_path, "dims", match_dims=16, match_scope="level")
+    done = _run(model, city16, tmp_path, "dims", match_dims=16, match_scope="level", match_reuse=0.0)
     assert done["stats"]["match_searches"] == STEPS * 6 * 2 * 4
 
 
@@ -125,7 +126,7 @@ def test_dims_option_runs_and_counts_its_searches(model, city16, tmp_path):
     [
         ("match_scope", "global", "choose one of: layer, level"),
         ("match_dims", -1, "match_dims"),
-        ("match_reuse_steps", 1.5, "whole number"),
+        ("match_reuse", 1.5, "match_reuse"),
     ],
 )
 def test_bad_match_options_are_refused(field, value, words):
@@ -137,3 +138,5 @@ def test_bad_match_options_are_refused(field, value, words):
 def test_match_options_reject_nonsense_in_python_too():
     with pytest.raises(ValueError, match="unknown match scope"):
         MatchOptions(scope="global")
+    with pytest.raises(ValueError, match="fraction"):
+        MatchOptions(reuse=1.5)
