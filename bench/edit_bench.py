@@ -38,9 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+EXACT = {"match_scope": "layer", "match_reuse": 0.0, "match_dims": 0}
 METHODS: dict[str, dict[str, Any]] = {
-    "tokenflow-fixed": {"method": "tokenflow", "keyframe_mode": "fixed"},
-    "tokenflow-resample": {"method": "tokenflow", "keyframe_mode": "resample"},
+    # TokenFlow as published: the exact nearest-neighbour search at every layer and step
+    "tokenflow-fixed": {"method": "tokenflow", "keyframe_mode": "fixed", **EXACT},
+    "tokenflow-resample": {"method": "tokenflow", "keyframe_mode": "resample", **EXACT},
     "per-frame": {"method": "per-frame"},
     "sdedit": {"method": "per-frame", "edit_mode": "sdedit"},
 }
@@ -52,6 +54,7 @@ MATCH_VARIANTS: dict[str, dict[str, Any]] = {
     "tokenflow-level": {**METHODS[TOKENFLOW], "match_scope": "level"},
     "tokenflow-reuse": {**METHODS[TOKENFLOW], "match_reuse": 0.2},
     "tokenflow-dims": {**METHODS[TOKENFLOW], "match_dims": 16},
+    # the engine's defaults
     "tokenflow-level-reuse": {**METHODS[TOKENFLOW], "match_scope": "level", "match_reuse": 0.2},
 }
 MATCH_BUDGET = {"psnr_db": -0.3, "warp_ratio": 1.05}

@@ -125,6 +125,11 @@ def main() -> None:
         choices=["level", "reuse", "dims", "level-reuse"],
         help="propagation speed options to time against exact TokenFlow (engine/matching.MatchOptions)",
     )
+    parser.add_argument(
+        "--only-edits",
+        action="store_true",
+        help="time the edits only (TokenFlow, per-frame, --match options): no re-edit, preview, memory",
+    )
     parser.add_argument("--match-dims", type=int, default=32, help="the projected search's dimensions")
     parser.add_argument("--match-reuse", type=float, default=0.2, help="share of last steps reusing fields")
     parser.add_argument(
@@ -185,27 +190,31 @@ def main() -> None:
         print(f"  {name:<22} {seconds:8.1f} s   UNet frame evaluations {unet}", flush=True)
 
     measure("first_edit", prompt="a watercolor painting")
-    measure("re_edit", prompt="a snowy street at night")
+    if not args.only_edits:
+        measure("re_edit", prompt="a snowy street at night")
+    exact = {"match_scope": "layer", "match_reuse": 0.0, "match_dims": 0}  # the reference's search
     options = {
-        "level": {"match_scope": "level"},
-        "reuse": {"match_reuse": args.match_reuse},
-        "dims": {"match_dims": args.match_dims},
-        "level-reuse": {"match_scope": "level", "match_reuse": args.match_reuse},
+        "level": {**exact, "match_scope": "level"},
+        "reuse": {**exact, "match_reuse": args.match_reuse},
+        "dims": {**exact, "match_dims": args.match_dims},
+        "level-reuse": {**exact, "match_scope": "level", "match_reuse": args.match_reuse},  # the defaults
     }
     for _ in range(args.repeat):  # interleaved, so that a slow spell of the machine hits both
-        measure("tokenflow", prompt="a neon cyberpunk city")
+        measure("tokenflow", prompt="a neon cyberpunk city", **exact)
         measure("per_frame", prompt="a neon cyberpunk city", method="per-frame")
-        measure("preview", prompt="a neon cyberpunk city", stage="preview")
+        if not args.only_edits:
+            measure("preview", prompt="a neon cyberpunk city", stage="preview")
         for name in args.match:
             measure(f"tokenflow_{name}", prompt="a neon cyberpunk city", **options[name])
     # per-frame counts only the edit copies' frames; both read their inversion from the cache
-    ratios = {
-        "tokenflow_over_per_frame_time": runs["tokenflow"]["seconds"] / runs["per_frame"]["seconds"],
-        "preview_over_full_time": runs["preview"]["seconds"] / runs["tokenflow"]["seconds"],
-        "preview_over_full_unet": runs["preview"]["unet_frames"] / runs["tokenflow"]["unet_frames"],
-        "re_edit_over_first_time": runs["re_edit"]["seconds"] / runs["first_edit"]["seconds"],
-        "re_edit_inversion_unet_frames": runs["re_edit"]["stats"]["inversion_unet_frames"],
-    }
+    ratios = {"tokenflow_over_per_frame_time": runs["tokenflow"]["seconds"] / runs["per_frame"]["seconds"]}
+    if not args.only_edits:
+        ratios.update(
+            preview_over_full_time=runs["preview"]["seconds"] / runs["tokenflow"]["seconds"],
+            preview_over_full_unet=runs["preview"]["unet_frames"] / runs["tokenflow"]["unet_frames"],
+            re_edit_over_first_time=runs["re_edit"]["seconds"] / runs["first_edit"]["seconds"],
+            re_edit_inversion_unet_frames=runs["re_edit"]["stats"]["inversion_unet_frames"],
+        )
     for name in args.match:
         ratios[f"tokenflow_{name}_over_per_frame_time"] = (
             runs[f"tokenflow_{name}"]["seconds"] / runs["per_frame"]["seconds"]
@@ -215,7 +224,8 @@ def main() -> None:
         ratios[f"tokenflow_{name}_searches_over_exact"] = searches / exact
 
     memory = []
-    for n in [int(v) for v in args.memory_frames.split(",") if v.strip()]:  # "" skips memory runs
+    sizes = [] if args.only_edits else [int(v) for v in args.memory_frames.split(",") if v.strip()]
+    for n in sizes:  # "" skips memory runs
         cmd = [
             sys.executable,
             __file__,
