@@ -8,8 +8,8 @@
 # fixed order, with each suite's exit code; any failure fails the script.
 #   TOKENFLOW_TEST_LANES=1  (the default) runs the suites one after another, their output live.
 #   TOKENFLOW_TEST_LANES=2  runs them in two lanes at once (about 13 instead of 25 minutes here), but
-#                           once failed a pixel check in Blender 4.2's EXR-matte test that passes alone
-#                           (cause not found yet), so CI does not use it.
+#                           once failed a pixel check in Blender 4.2's EXR-matte test (it also failed
+#                           once in order under heavy load; cause not found yet), so CI does not use it.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
