@@ -3,13 +3,11 @@
 #   ruff, the engine tests (engine venv), the extension's tests inside real Blender 4.2 LTS, 4.5 LTS
 #   and 5.0 (bpy module venvs, driving the real engine venv), and Blender's own manifest validator + build.
 #
-# The four environments are set up concurrently (mostly downloads). With two lanes (below) the four
-# test suites run two at a time; each suite writes its own log, and the logs are printed whole, in a
-# fixed order, with each suite's exit code; any failure fails the script.
-#   TOKENFLOW_TEST_LANES=1  (the default) runs the suites one after another, their output live.
-#   TOKENFLOW_TEST_LANES=2  runs them in two lanes at once (about 13 instead of 25 minutes here), but
-#                           once failed a pixel check in Blender 4.2's EXR-matte test (it also failed
-#                           once in order under heavy load; cause not found yet), so CI does not use it.
+# The four environments are set up concurrently (mostly downloads). The four test suites then run
+# in two lanes at once (about 13 instead of 25 minutes here); each suite writes its own log, and the
+# logs are printed whole, in a fixed order, with each suite's exit code; any failure fails the script.
+#   TOKENFLOW_TEST_LANES=2  (the default) two lanes.
+#   TOKENFLOW_TEST_LANES=1  the suites one after another, their output live.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -75,7 +73,7 @@ suite() {  # suite INDEX: run suite INDEX, its output into $logs/suite-INDEX.log
   echo "-- ${names[$i]}: exit code $rc after $((SECONDS - started)) s"
 }
 
-if [ "${TOKENFLOW_TEST_LANES:-1}" = 1 ]; then
+if [ "${TOKENFLOW_TEST_LANES:-2}" = 1 ]; then
   for i in "${!names[@]}"; do
     echo "== ${names[$i]}"
     run_suite "$i"

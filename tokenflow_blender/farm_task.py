@@ -2,54 +2,28 @@
 
 A :class:`FarmTask` keeps the contract of :class:`.controller.ProcessTask` (start, `tick()` that
 returns True while running, cancel, shutdown; `state`, `message`, `progress`), so the registry and
-Blender's timer drive it like an engine run. Each HTTP request runs in a short-lived daemon
-thread that touches only plain values; `tick()` on the main thread picks up its answer and starts
-the next request, one at a time, polling every `poll_interval` seconds. A Manager that hangs
-therefore stalls nothing but this task.
+Blender's timer drive it like an engine run. The requests of each step run in a short-lived child
+process (:mod:`.farm_calls`, which says why not a thread); `tick()` on the main thread picks up its
+answer and starts the next step, one at a time, polling every `poll_interval` seconds. A Manager
+that hangs therefore stalls nothing but this task, and a step that outlives its time-outs is ended.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import controller, flamenco
+from . import controller, farm_calls, flamenco
 from .controller import CANCELLED, DONE, ERROR, PENDING, RUNNING
 
 MANIFEST = "tokenflow.json"  # what the engine (engine/runner.py, engine/merge.py) writes with a result
 POLL_INTERVAL = 3.0
 LOST_AFTER = 300.0  # seconds without an answer before giving up on a submitted job
 CANCEL_REASON = "Cancelled from Blender (TokenFlow)"
-
-
-class _Call:
-    """One blocking function in a daemon thread; when `done`, its `value` or its `error`."""
-
-    def __init__(self, phase: str, fn: Callable[[], Any]) -> None:
-        self.phase = phase
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True, name=f"tokenflow-{phase}")
-        self._thread.start()
-
-    def _run(self, fn: Callable[[], Any]) -> None:
-        try:
-            self.value = fn()
-        except BaseException as exc:  # handed to the main thread, which reports it
-            self.error = exc
-
-    @property
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
 
 
 @dataclass(eq=False)  # identity: tasks are registry entries, not values
@@ -86,7 +60,7 @@ class FarmTask:
     result: dict[str, Any] | None = None  # like the engine's `done` event, from the manifest
 
     def __post_init__(self) -> None:
-        self._call: _Call | None = None
+        self._call: farm_calls.Call | None = None
         self._next_poll = 0.0
         self._last_answer = time.monotonic()
         self._cancel_wanted = False
@@ -104,7 +78,7 @@ class FarmTask:
         self.state = RUNNING
         self.stage = "submitting"
         self.message = f"Contacting the Flamenco Manager at {self.client.url}..."
-        self._call = _Call("submit", self._submit)
+        self._call = self._request("submit", self.job, self.worker_tag, self.job_file, self.job_text)
         return self
 
     def tick(self) -> bool:
@@ -114,14 +88,16 @@ class FarmTask:
         call = self._call
         if call is not None:
             if not call.done:
+                if time.monotonic() - call.started > self._call_limit():
+                    call.kill()  # its own time-outs should have ended it: a hung request
                 return True
             self._call = None
             getattr(self, f"_after_{call.phase}")(call)
         if self.running and self._call is None:
             if self._cancel_wanted and self.job_id:
-                self._call = _Call("cancel", self._cancel)
+                self._call = self._request("cancel", self.job_id, CANCEL_REASON)
             elif self.job_id and time.monotonic() >= self._next_poll:
-                self._call = _Call("poll", self._poll)
+                self._call = self._request("poll", self.job_id)
         return self.running
 
     def cancel(self, timeout: float | None = None) -> None:
@@ -131,8 +107,10 @@ class FarmTask:
             return
         self._cancel_wanted = True
         self.message = "Cancelling the farm job..."
-        if self._call is None and self.job_id:
-            self._call = _Call("cancel", self._cancel)
+        if self._call is not None and self._call.phase == "submit":
+            self._call.cancel_submission()
+        elif self._call is None and self.job_id:
+            self._call = self._request("cancel", self.job_id, CANCEL_REASON)
 
     def wait(self, timeout: float, interval: float = 0.05) -> bool:
         return controller.wait(self, timeout, interval)
@@ -143,74 +121,38 @@ class FarmTask:
         call = self._call
         if not self.running:
             return
-        if call is not None and call.phase == "submit":
-            call.join(timeout)  # a submission in flight ends first: the message says where things are
-            if call.done:
-                self._call = None
+        submitting = call is not None and call.phase == "submit"
+        if call is not None:
+            # A submission or a cancel in flight ends first (the message says where things are);
+            # a poll's answer no longer matters.
+            if call.phase == "poll" or not call.wait(timeout):
+                call.kill()
+            self._call = None
+            if submitting and call.value is not None:
                 self._after_submit(call)
                 if not self.running:
                     return
         if self.job_id:
             what = f"Stopped watching farm job {self.job_id}; it goes on, its frames will be in {self.output}"
+        elif submitting and isinstance(call.error, farm_calls.CallError):
+            what = (
+                "Stopped while submitting: the job may have reached the Manager; look for it in the "
+                f"Manager's web interface ({self.client.url}); its frames would be in {self.output}"
+            )
         else:
             what = "Stopped before the job was submitted"
         self._finish(CANCELLED, what)
 
-    # -- requests (worker threads: plain values only) ----------------------------------------------
-    def _submit(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        client = self.client
-        client.version()
-        job_type = client.job_type()
-        known = {s.get("key") for s in job_type.get("settings") or [] if isinstance(s, dict)}
-        missing = [k for k in self.job["settings"] if k not in known]
-        if missing:
-            raise flamenco.FlamencoError(
-                f"the Flamenco Manager at {client.url} has an older '{flamenco.JOB_TYPE}' job type "
-                f"(no setting {', '.join(missing)}): copy farm/flamenco/{flamenco.JOB_TYPE}.js from the "
-                "TokenFlow extension's folder into its scripts/ folder again and restart the Manager"
-            )
-        job = dict(self.job)
-        if job_type.get("etag"):
-            job["type_etag"] = str(job_type["etag"])
-        if self.worker_tag:
-            job["worker_tag"] = client.worker_tag_id(self.worker_tag)
-        if self._cancel_wanted:  # cancelled while we asked around: submit nothing, write nothing
-            raise flamenco.FlamencoError("cancelled before submitting")
-        self._write_job_file()
-        try:
-            answer = client.submit(job)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(self.job_file)  # a job the Manager never took leaves nothing behind
-            raise
-        return job, answer
+    # -- requests (child processes: plain values only) ---------------------------------------------
+    def _request(self, phase: str, *args: Any) -> farm_calls.Call:
+        return farm_calls.Call(phase, self.client.url, self.client.timeout, *args)
 
-    def _write_job_file(self) -> None:
-        try:
-            os.makedirs(os.path.dirname(self.job_file), exist_ok=True)
-            with open(self.job_file, "x", encoding="utf-8") as fh:  # never overwrite another job's
-                fh.write(self.job_text)
-        except OSError as exc:
-            raise flamenco.FlamencoError(
-                f"cannot write the job file {self.job_file}: {exc.strerror or exc}; the output folder "
-                "must be writable shared storage"
-            ) from exc
-
-    def _poll(self) -> tuple[dict[str, Any], list[dict[str, Any]] | None, dict[str, Any] | None]:
-        job = self.client.job(self.job_id)
-        status = str(job.get("status") or "")
-        tasks = None
-        if status == "active":
-            with contextlib.suppress(flamenco.FlamencoError):  # progress is a nicety
-                tasks = self.client.tasks(self.job_id)
-        result = read_result(self.output, self.frames) if status == flamenco.COMPLETED else None
-        return job, tasks, result
-
-    def _cancel(self) -> None:
-        self.client.set_status(self.job_id, flamenco.CANCEL_REQUESTED, CANCEL_REASON)
+    def _call_limit(self) -> float:
+        """Seconds a step may take: its requests' time-outs (submit makes four), and a margin."""
+        return 4 * self.client.timeout + 10.0
 
     # -- answers (main thread) ---------------------------------------------------------------------
-    def _after_submit(self, call: _Call) -> None:
+    def _after_submit(self, call: farm_calls.Call) -> None:
         if call.error is not None:
             if self._cancel_wanted:
                 self._finish(CANCELLED, "Cancelled: nothing was submitted")
@@ -224,10 +166,16 @@ class FarmTask:
         self._last_answer = time.monotonic()
         self._show_status(answer, None)
 
-    def _after_poll(self, call: _Call) -> None:
+    def _after_poll(self, call: farm_calls.Call) -> None:
         now = time.monotonic()
         self._next_poll = now + self.poll_interval
-        error = call.error
+        error: BaseException | None = call.error
+        result = None
+        if error is None and str((call.value[0] or {}).get("status") or "") == flamenco.COMPLETED:
+            try:
+                result = read_result(self.output, self.frames)  # here: this computer must see it
+            except ResultError as exc:
+                error = exc
         if error is not None:
             if isinstance(error, ResultError):
                 self._finish(ERROR, str(error), kind="result")
@@ -250,7 +198,7 @@ class FarmTask:
                 )
             return
         self._last_answer = now
-        job, tasks, result = call.value
+        job, tasks = call.value
         status = str(job.get("status") or "")
         if self._cancel_wanted and status in (flamenco.COMPLETED, flamenco.FAILED, flamenco.CANCELED):
             self._finish(
@@ -273,7 +221,7 @@ class FarmTask:
         else:
             self._show_status(job, tasks)
 
-    def _after_cancel(self, call: _Call) -> None:
+    def _after_cancel(self, call: farm_calls.Call) -> None:
         if call.error is not None:
             self._finish(
                 ERROR,

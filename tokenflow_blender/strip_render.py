@@ -6,10 +6,16 @@ space. A copy of the scene keeps the strip's settings and the scene's frame rate
 its sequencer is removed, the colour management is set to pass values through (Standard view, no
 look, no exposure), and each frame is rendered with `render.render(write_still=True)`. In the bpy
 module and in the UI alike, the render follows the context's scene, hence the override.
+
+Blender 4.2-5.0 never write the last pixel of a Mask strip's image: `seq_render_mask` copies
+`width * height - 1` pixels (`while (--i)`) into a buffer allocated uninitialised, so the top-right
+corner holds whatever memory held, white about once in fifty frames here. In a matte that pixel
+would let the edit through outside the roto, so a Mask strip's render gets its corner repaired.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import os
 from typing import Any
@@ -39,6 +45,7 @@ class IsolatedStrip:
         if compat.strips(scene.sequence_editor).get(strip_name) is None:
             raise RenderError(f"'{strip_name}' is inside a meta strip; use a strip at the top level")
         self.strip_name = strip_name
+        self.is_mask = compat.strips(scene.sequence_editor).get(strip_name).type == "MASK"
         self.scene = scene.copy()
         self.scene.name = f"TF render {strip_name}"[:63]
         try:
@@ -90,6 +97,11 @@ class IsolatedStrip:
             result = bpy.ops.render.render(write_still=True)
         if result != {"FINISHED"} or not os.path.isfile(path):
             raise RenderError(f"Blender did not render '{self.strip_name}' at frame {frame} to {path}")
+        if self.is_mask:
+            try:
+                repair_last_pixel(path)
+            except RuntimeError as exc:  # Blender's own "cannot read/write" (a full disk, a vanished file)
+                raise RenderError(f"could not repair the last pixel of {path}: {exc}") from exc
         return path
 
     def close(self) -> None:
@@ -98,3 +110,30 @@ class IsolatedStrip:
         if sc is not None:
             with contextlib.suppress(ReferenceError, RuntimeError):
                 bpy.data.scenes.remove(sc)
+
+
+def repair_last_pixel(path: str) -> None:
+    """Give the image file's last pixel (Blender's order: the top-right corner) the value of its left
+    neighbour, or of the pixel below in a one-pixel-wide image; the file keeps its format and depth.
+
+    For Mask strip renders, whose last pixel Blender leaves unwritten (see the module docstring):
+    the neighbour is what the rasterizer computed next to it, exact unless a roto edge runs between them.
+    """
+    img = bpy.data.images.load(path, check_existing=False)
+    try:
+        img.colorspace_settings.name = "Non-Color"  # raw values in and out: no transfer round trip
+        width, height = img.size[0], img.size[1]
+        channels = img.channels
+        if width * height < 2:
+            return
+        pixels = array.array("f", bytes(4 * width * height * channels))
+        img.pixels.foreach_get(pixels)
+        last = (width * height - 1) * channels
+        source = last - channels if width > 1 else last - width * channels
+        if pixels[last : last + channels] == pixels[source : source + channels]:
+            return  # nothing to write: the common case
+        pixels[last : last + channels] = pixels[source : source + channels]
+        img.pixels.foreach_set(pixels)
+        img.save()
+    finally:
+        bpy.data.images.remove(img)

@@ -3,20 +3,27 @@
 It answers the few calls the extension makes, with Flamenco's field names (pkg/api/
 flamenco-openapi.yaml), and refuses a submission whose settings are not exactly the keys that
 farm/flamenco/tokenflow-video-edit.js declares, as a Manager with that job type would.
+
+The Manager runs in its own process (this file as a script): a server thread inside Blender's
+process could take the GIL while `bpy.ops` runs Blender's C code, which crashes Blender (see
+tokenflow_blender/farm_calls.py). Tests hold a :class:`FakeManager`, which starts that process and
+reads and sets its state through `/_test/...` requests.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import threading
+import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from .helpers import ROOT
-
+ROOT = Path(__file__).resolve().parents[2]
 JOB_TYPE_FILE = ROOT / "farm" / "flamenco" / "tokenflow-video-edit.js"
 JOB_TYPE = JOB_TYPE_FILE.stem  # Flamenco names a job type after its file
 ETAG = "etag-0123"
@@ -32,7 +39,63 @@ def job_type_settings(path: Path = JOB_TYPE_FILE) -> list[str]:
 
 
 class FakeManager:
-    """Records submissions and status changes; tests set job statuses as the farm would."""
+    """The test's handle on a stand-in Manager process: its `url`, what it recorded (`submitted`,
+    `jobs`, `status_changes`, `refused`), and job statuses and tasks set as the farm would."""
+
+    def __init__(self, has_job_type: bool = True, is_flamenco: bool = True) -> None:
+        flags = [f"--has-job-type={int(has_job_type)}", f"--is-flamenco={int(is_flamenco)}"]
+        self._proc = subprocess.Popen(
+            [sys.executable, "-E", "-s", __file__, *flags], stdout=subprocess.PIPE, text=True
+        )
+        self.url = self._proc.stdout.readline().strip()  # the server prints its address when ready
+        if not self.url.startswith("http://"):
+            self._proc.kill()
+            raise RuntimeError(f"the stand-in Manager did not start: {self.url!r}")
+
+    def _control(self, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + "/_test/" + path, data=data, method="POST" if data else "GET")
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(req, timeout=10) as resp:
+            return json.loads(resp.read() or b"null")
+
+    def _state(self, name: str) -> Any:
+        return self._control("state")[name]
+
+    @property
+    def submitted(self) -> list[dict[str, Any]]:
+        return self._state("submitted")
+
+    @property
+    def refused(self) -> list[str]:
+        return self._state("refused")
+
+    @property
+    def jobs(self) -> dict[str, dict[str, Any]]:
+        return self._state("jobs")
+
+    @property
+    def status_changes(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(job_id, change) for job_id, change in self._state("status_changes")]
+
+    def set_status(self, job_id: str, status: str, activity: str = "") -> None:
+        self._control("status", {"job_id": job_id, "status": status, "activity": activity})
+
+    def set_tasks(self, job_id: str, tasks: list[dict[str, Any]]) -> None:
+        self._control("tasks", {"job_id": job_id, "tasks": tasks})
+
+    def close(self) -> None:
+        self._proc.terminate()
+        try:
+            self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc.stdout.close()
+
+
+class Manager:
+    """The stand-in itself (in its own process): records submissions and status changes."""
 
     def __init__(self, has_job_type: bool = True, is_flamenco: bool = True) -> None:
         self.keys = job_type_settings()
@@ -46,26 +109,34 @@ class FakeManager:
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
-        self.thread.daemon = True
-        self.thread.start()
 
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def set_status(self, job_id: str, status: str, activity: str = "") -> None:
+    def control(self, method: str, what: str, body: Any) -> tuple[int, Any]:
+        """The tests' side door: read the recorded state, set a job's status or tasks."""
         with self.lock:
-            self.jobs[job_id].update(status=status, activity=activity)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+            if (method, what) == ("GET", "state"):
+                return 200, {
+                    "submitted": self.submitted,
+                    "refused": self.refused,
+                    "jobs": self.jobs,
+                    "status_changes": self.status_changes,
+                }
+            if (method, what) == ("POST", "status"):
+                self.jobs[body["job_id"]].update(status=body["status"], activity=body["activity"])
+                return 200, None
+            if (method, what) == ("POST", "tasks"):
+                self.tasks[body["job_id"]] = body["tasks"]
+                return 200, None
+        return 404, {"code": 404, "message": f"no test control {what!r}"}
 
     # -- the API --------------------------------------------------------------------------------
     def answer(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        if path.startswith("/_test/"):
+            return self.control(method, path[len("/_test/") :], body)
         if not self.is_flamenco:
             return 404, "<html>not found</html>"
         if (method, path) == ("GET", "/api/v3/version"):
@@ -125,7 +196,7 @@ class FakeManager:
         return 200, dict(stored)
 
 
-def _handler(manager: FakeManager) -> type[BaseHTTPRequestHandler]:
+def _handler(manager: Manager) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         timeout = 10  # a stuck client cannot hold a server thread for longer
 
@@ -159,3 +230,15 @@ def _handler(manager: FakeManager) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+def main(argv: list[str]) -> None:
+    """Serve until terminated; print the address once listening (FakeManager waits for it)."""
+    flags = dict(a.lstrip("-").split("=", 1) for a in argv)
+    manager = Manager(flags.get("has-job-type", "1") == "1", flags.get("is-flamenco", "1") == "1")
+    print(manager.url, flush=True)
+    manager.server.serve_forever(poll_interval=0.5)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

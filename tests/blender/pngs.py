@@ -8,11 +8,24 @@ from pathlib import Path
 
 
 def write_png(
-    path: Path, width: int, height: int, rgb: tuple[int, int, int] = (128, 64, 32), depth: int = 8
+    path: Path,
+    width: int,
+    height: int,
+    rgb: tuple[int, int, int] = (128, 64, 32),
+    depth: int = 8,
+    corner: tuple[int, int, int] | None = None,
 ) -> Path:
-    """A flat-colour RGB PNG of the given size and bit depth (8 or 16)."""
-    pixel = b"".join(struct.pack(">H", c * 257) for c in rgb) if depth == 16 else bytes(rgb)
-    raw = b"".join(b"\x00" + pixel * width for _ in range(height))
+    """A flat-colour RGB PNG of the given size and bit depth (8 or 16); `corner` colours the
+    top-right pixel (the last one in Blender's bottom-up order) differently."""
+
+    def px(c: tuple[int, int, int]) -> bytes:
+        return b"".join(struct.pack(">H", v * 257) for v in c) if depth == 16 else bytes(c)
+
+    pixel = px(rgb)
+    rows = [pixel * width for _ in range(height)]
+    if corner is not None:
+        rows[0] = pixel * (width - 1) + px(corner)
+    raw = b"".join(b"\x00" + row for row in rows)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return (

@@ -10,6 +10,7 @@ import platform
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -184,10 +185,9 @@ def test_submit_run_on_the_farm_and_import(farm, scene, assets, manager, tmp_pat
 
     # The farm works: the job goes active, its tasks run the real engine, then it completes.
     manager.set_status(task.job_id, "active", "running chunks")
-    manager.tasks[task.job_id] = [
-        {"name": "prepare", "status": "completed"},
-        {"name": "chunk", "status": "active"},
-    ]
+    manager.set_tasks(
+        task.job_id, [{"name": "prepare", "status": "completed"}, {"name": "chunk", "status": "active"}]
+    )
     _tick_until(tf, lambda: st.farm_stage == "active" and st.farm_progress == 0.5)
     assert "running chunks" in st.farm_message
     _run_farm_tasks(settings, tmp_path)
@@ -370,3 +370,42 @@ def test_flamenco_plain_parts(farm, tmp_path) -> None:
     )
     with pytest.raises(error, match="another result"):
         read_result(str(tmp_path / "other"), ["/f/a.png"])
+
+
+def test_requests_run_in_child_processes(farm, scene, flat, tmp_path, manager) -> None:
+    """No Python thread of ours runs in Blender's process while a farm job is watched (farm_calls.py
+    says why); a cancel during the submission submits nothing; a silent Manager and a killed request
+    end with a message, and a request process never outlives its time-out."""
+    calls = farm.farm_calls
+    _shot(scene, flat, tmp_path / "shared")
+    _prefs(manager.url)
+    task = _submit(farm, scene)
+    assert task.job_id and [t.name for t in threading.enumerate()] == ["MainThread"]
+    farm.controller.shutdown_all(timeout=1.0)
+
+    # Cancelled while the child asks around: it writes no job file and submits nothing.
+    job_file = tmp_path / "shared" / "x.job.json"
+    job = {"name": "x", "settings": {k: "" for k in job_type_settings()}}
+    call = calls.Call("submit", manager.url, 5.0, job, "", str(job_file), "{}")
+    call.cancel_submission()
+    assert call.wait(20) and call.value is None
+    assert "cancelled before submitting" in str(call.error) and not job_file.exists()
+    assert len(manager.submitted) == 1  # the first test's job only
+
+    # A Manager that accepts connections and never answers: the child's own time-out ends it.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        call = calls.Call("poll", url, 0.5, "0" * 36)
+        assert call.wait(20), "a request process outlived its time-out"
+        assert isinstance(call.error, farm.flamenco.FlamencoError) and "no answer within 0.5 s" in str(
+            call.error
+        )
+        # Killed (a Blender that stops watching): an error that says so, and no process left.
+        call = calls.Call("poll", url, 30.0, "0" * 36)
+        call.kill()
+        assert (
+            call.done and isinstance(call.error, calls.CallError) and "without an answer" in str(call.error)
+        )
+        assert call._proc.poll() is not None

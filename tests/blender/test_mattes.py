@@ -147,8 +147,30 @@ def test_mask_strip_rendered_to_matte_frames(pkg, scene, tmp_path) -> None:
     assert (info.format, info.width, info.height, info.bit_depth) == ("png", 48, 30, 16)
     px = _pixels(paths[4])
     assert _at(px, 24, 15) == 1.0 and _at(px, 2, 15) == 0.0 and _at(px, 45, 15) == 0.0
+    # Blender leaves the last pixel unwritten (strip_render's docstring): black, as around it.
+    corners = [_pixels(p)[2][-4:].tolist() for p in paths]
+    assert corners == [[0.0, 0.0, 0.0, 1.0]] * 9, corners
     assert len(bpy.data.scenes) == scenes and snapshot(scene) == before
     assert (scene.render.resolution_x, scene.view_settings.view_transform, scene.render.filepath) == looks
+
+
+def test_unwritten_mask_corner_repaired(pkg, tmp_path) -> None:
+    """The last pixel, which Blender never writes in a Mask strip's render, takes its left neighbour's
+    value; every other pixel and the file's format and depth stay as they were."""
+    path = pngs.write_png(tmp_path / "m.png", 8, 6, (0, 0, 0), depth=16, corner=(255, 255, 255))
+    before = _pixels(str(path))[2]
+    assert before[-4:].tolist() == [1.0, 1.0, 1.0, 1.0]
+    pkg.strip_render.repair_last_pixel(str(path))
+    after = _pixels(str(path))[2]
+    assert after[-4:].tolist() == after[-8:-4].tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert after[:-4] == before[:-4]
+    info = pkg.imageinfo.read_info(str(path))
+    assert (info.format, info.width, info.height, info.bit_depth) == ("png", 8, 6, 16)
+    # A corner that already agrees with its neighbour: the file is not rewritten.
+    clean = pngs.write_png(tmp_path / "clean.png", 8, 6, (9, 9, 9), depth=16)
+    data = clean.read_bytes()
+    pkg.strip_render.repair_last_pixel(str(clean))
+    assert clean.read_bytes() == data
 
 
 def test_job_carries_the_matte(tf, scene, tmp_path) -> None:
@@ -225,8 +247,8 @@ def test_cancel_while_the_matte_renders(tf, scene, tmp_path) -> None:
 
 
 # --- end to end: an EXR plate with a Mask matte through the real engine ----------------------------
-# Needs the engine's colour path and mattes (branch i10-engine): until it is merged, the engine on
-# this branch refuses EXR frames and this test fails at the engine's refusal.
+# The mask is rendered by Blender, whose unwritten last pixel (strip_render's docstring) once let the
+# edit through at the top-right corner here: the pixels outside the matte are checked one by one.
 def test_exr_plate_with_matte_end_to_end(tf, scene, assets, tmp_path) -> None:
     prefs = bpy.context.preferences.addons[MODULE].preferences
     prefs.device = "cpu"
