@@ -67,16 +67,6 @@ SD21_TEXT = dict(
     hidden_act="gelu",
     projection_dim=512,
 )
-SD21_SCHEDULER = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
-    prediction_type="epsilon",
-)
 
 
 def random_sd21(placement: Any, work: Path) -> Any:
@@ -87,10 +77,10 @@ def random_sd21(placement: Any, work: Path) -> Any:
 
     from engine.models import Model
     from engine.speedups import prepare_unet
-    from engine.tiny_model import _tokenizer_files
+    from engine.tiny_model import SD_SCHEDULER, write_clip_tokenizer
 
     torch.manual_seed(0)
-    _tokenizer_files(work / "tokenizer")  # a byte-level vocabulary: ids stay below the real one's size
+    write_clip_tokenizer(work / "tokenizer")  # a byte-level vocabulary: ids stay below the real one's size
     tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
     with torch.device(placement.device):
         unet = UNet2DConditionModel(**SD21_UNET).to(dtype=placement.dtype).eval()
@@ -105,7 +95,7 @@ def random_sd21(placement: Any, work: Path) -> Any:
         )
         text = text.to(dtype=placement.dtype).eval()
     prepare_unet(unet, placement)
-    config = dict(DDIMScheduler(**SD21_SCHEDULER).config)
+    config = dict(DDIMScheduler(**SD_SCHEDULER).config)
     return Model(unet, vae, text, tokenizer, config, placement, "random-sd21-base-seed0")
 
 

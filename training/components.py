@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.tiny_model import SD_SCHEDULER, clip_text_encoder, sd_unet, sd_vae
+
 
 @dataclass(frozen=True)
 class Sizes:
@@ -21,54 +23,16 @@ class Sizes:
 
 
 def make_vae(sizes: Sizes):  # noqa: ANN201 - diffusers AutoencoderKL
-    from diffusers import AutoencoderKL
-
-    blocks = sizes.vae_blocks
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * len(blocks),
-        up_block_types=("UpDecoderBlock2D",) * len(blocks),
-        block_out_channels=blocks,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=sizes.groups,
-        sample_size=256,
-    )
+    return sd_vae(sizes.vae_blocks, groups=sizes.groups, layers=1, sample_size=256)
 
 
 def make_unet(sizes: Sizes):  # noqa: ANN201 - diffusers UNet2DConditionModel
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=2,
-        block_out_channels=sizes.unet_blocks,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=sizes.text_dim,
-        attention_head_dim=sizes.unet_heads,
-        norm_num_groups=sizes.groups,
-    )
+    return sd_unet(sizes.unet_blocks, sizes.unet_heads, sizes.text_dim, groups=sizes.groups, sample_size=32)
 
 
 def make_text_encoder(sizes: Sizes, tokenizer):  # noqa: ANN001, ANN201 - transformers classes
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=sizes.text_dim,
-            intermediate_size=sizes.text_dim * 4,
-            num_hidden_layers=sizes.text_layers,
-            num_attention_heads=sizes.text_heads,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+    return clip_text_encoder(
+        tokenizer, sizes.text_dim, sizes.text_dim * 4, layers=sizes.text_layers, heads=sizes.text_heads
     )
 
 
@@ -76,16 +40,7 @@ def make_scheduler():  # noqa: ANN201 - diffusers DDIMScheduler
     """SD's scaled-linear schedule, saved as the DDIM config SD ships."""
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
+    return DDIMScheduler(**SD_SCHEDULER)
 
 
 def count(module: torch.nn.Module) -> int:

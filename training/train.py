@@ -35,6 +35,13 @@ def eta(done: int, total: int, seconds_per_step: float) -> str:
     return f"{(total - done) * seconds_per_step / 60:.1f} min"
 
 
+def progress(phase: str, done: int, total: int, t0: float, s0: int, what: str) -> None:
+    """Every tenth step: the phase's step, `what` (its losses), the pace and the time left."""
+    if done % 10 == 0:
+        sps = (time.time() - t0) / (done - s0)
+        log(f"{phase} step {done}/{total} {what}  {sps:.2f} s/step  eta {eta(done, total, sps)}")
+
+
 class Trainer:
     """Holds the state that the checkpoint saves; each phase is resumable at any step."""
 
@@ -160,13 +167,14 @@ class Trainer:
             self.state["losses"]["vae"] = float(loss.item())
             self.state["losses"]["vae_psnr"] = float(10 * math.log10(1 / max(mse, 1e-10)))
             self.state["step"] = step + 1
-            if (step + 1) % 10 == 0:
-                sps = (time.time() - t0) / (step + 1 - s0)
-                log(
-                    f"vae step {step + 1}/{a.vae_steps} loss {loss.item():.4f} "
-                    f"psnr {self.state['losses']['vae_psnr']:.2f} dB  {sps:.2f} s/step  "
-                    f"eta {eta(step + 1, a.vae_steps, sps)}"
-                )
+            progress(
+                "vae",
+                step + 1,
+                a.vae_steps,
+                t0,
+                s0,
+                f"loss {loss.item():.4f} psnr {self.state['losses']['vae_psnr']:.2f} dB",
+            )
             self.maybe_save()
         if self.state["step"] >= a.vae_steps:
             self.state.update(phase="latents", step=0)
@@ -275,13 +283,14 @@ class Trainer:
             prev = self.state["losses"].get("unet_avg", float(loss.mean()))
             self.state["losses"]["unet_avg"] = 0.98 * prev + 0.02 * float(loss.mean())
             self.state["step"] = step + 1
-            if (step + 1) % 10 == 0:
-                sps = (time.time() - t0) / (step + 1 - s0)
-                log(
-                    f"unet step {step + 1}/{a.unet_steps} loss {float(loss.mean()):.4f} "
-                    f"(avg {self.state['losses']['unet_avg']:.4f})  {sps:.2f} s/step  "
-                    f"eta {eta(step + 1, a.unet_steps, sps)}"
-                )
+            progress(
+                "unet",
+                step + 1,
+                a.unet_steps,
+                t0,
+                s0,
+                f"loss {float(loss.mean()):.4f} (avg {self.state['losses']['unet_avg']:.4f})",
+            )
             self.maybe_save()
         if self.state["step"] >= a.unet_steps:
             self.state["phase"] = "done"
