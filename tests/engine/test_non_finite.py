@@ -3,6 +3,8 @@ error that says what to try; nothing non-finite is cached and no output folder i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from safetensors import safe_open
 
@@ -66,8 +68,12 @@ def test_vae_decoder_producing_nan_stops_before_the_output(tiny_model_dir, city1
 def test_edit_that_overflows_stops_with_the_guidance_named(tiny_model_dir, city16, tmp_path):
     """The inversion is sound; only the edit's prompt (a token whose embedding is inf) gives NaN."""
 
+    from transformers import CLIPTokenizer
+
+    z = CLIPTokenizer.from_pretrained(Path(tiny_model_dir) / "tokenizer").convert_tokens_to_ids("z")
+
     def z_is_inf(embedding: torch.Tensor) -> None:
-        embedding[ord("z")] = float("inf")  # the tiny byte-level vocabulary: a byte's id is its value
+        embedding[z] = float("inf")  # "z" as a word piece, as in "zebra"
 
     key = "embeddings.token_embedding.weight"
     folder = model_copy(tiny_model_dir, tmp_path / "broken", TEXT_FILE, key, z_is_inf)
