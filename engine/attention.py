@@ -56,7 +56,7 @@ class TokenFlowState:
     inject_conv: bool = False
     # Where kept keyframe features live; the CPU keeps device memory flat for many keyframes.
     store_device: torch.device | None = None
-    keyframe_tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # (K, S, D), unit length
+    keyframe_tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # (K, S, D or dims), unit
     keyframe_outputs: dict[str, torch.Tensor] = field(default_factory=dict)  # (3, K, S, D)
     plan: list[FrameSource] = field(default_factory=list)  # the current chunk's frames
     # The shot indices of the current chunk's frames and of this step's keyframes: a field is
@@ -115,8 +115,8 @@ class TokenFlowState:
         found = self.fields.get(name) if name else None
         if found is not None:
             return found
-        q, dims = queries(), self.match.dims
-        idx = nearest_tokens(reduce(q, dims), reduce(key_tokens[key].to(q.device), dims), normalized=True)
+        q = reduce(queries(), self.match.dims)  # the keyframes' tokens were reduced once, in keep()
+        idx = nearest_tokens(q, key_tokens[key].to(q.device), normalized=True)
         self.searches += 1
         if name:
             self.fields[name] = idx
@@ -134,10 +134,11 @@ class TokenFlowState:
     def keep(self, layer: str, tokens: torch.Tensor, outputs: torch.Tensor) -> None:
         """Store the owned keyframes' source tokens (n, S, D) and outputs (3, n, S, D).
 
-        Tokens are kept normalised (float32): they only serve the nearest-neighbour search.
+        Tokens are kept normalised (float32) and, with `match.dims`, already projected: they only
+        serve the nearest-neighbour search, which would otherwise project them again per frame.
         """
         device = self.store_device or tokens.device
-        tokens = unit(tokens)
+        tokens = reduce(unit(tokens), self.match.dims)
         if layer not in self.keyframe_tokens:
             k = self.n_keyframes
             self.keyframe_tokens[layer] = tokens.new_empty((k, *tokens.shape[1:]), device=device)

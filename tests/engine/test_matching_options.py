@@ -116,6 +116,23 @@ def test_a_projected_search_still_finds_a_known_shift():
     assert reduce(frame, 0) is frame and reduce(frame, 64) is frame  # 0 or too wide: unchanged
 
 
+def test_keyframe_tokens_are_projected_once_when_kept():
+    """With `dims`, keep() stores the keyframes' projected tokens; a search projects only the frame's,
+    and finds what projecting both at search time finds."""
+    torch.manual_seed(0)
+    state = TokenFlowState(match=MatchOptions(dims=8))
+    state.begin_step(0, False, False, n_keyframes=2, keyframes=[0, 4])
+    state.set_keyframe_batch([(0, 0), (1, 1)])
+    raw = torch.randn(2, 30, 32)
+    state.keep("layer-a", raw, torch.randn(3, 2, 30, 32))
+    kept = state.keyframe_tokens["layer-a"]
+    assert kept.shape == (2, 30, 8) and torch.allclose(kept, reduce(unit(raw), 8))
+    state.begin_chunk([2], [FrameSource(0, 1, 0.5)])
+    frame = unit(torch.randn(30, 32))
+    idx = state.nearest("layer-a", 0, 1, lambda: frame, kept)
+    assert torch.equal(idx, nearest_tokens(reduce(frame, 8), reduce(unit(raw[1]), 8), normalized=True))
+
+
 def test_dims_option_runs_and_counts_its_searches(model, city16, tmp_path):
     done = _run(model, city16, tmp_path, "dims", match_dims=16, match_scope="level", match_reuse=0.0)
     assert done["stats"]["match_searches"] == STEPS * 6 * 2 * 4
