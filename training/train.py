@@ -310,6 +310,7 @@ class Trainer:
         params = list(self.unet.parameters()) + list(self.text.parameters())
         self.ema = [p.detach().clone() for p in params]
         self.used_before = float(info["wall_seconds"])
+        self.args.vae_steps = int(info["args"]["vae_steps"])  # the VAE is the folder's, not retrained
         self.state.update(
             phase="unet",
             step=int(info["unet_steps"]),
