@@ -14,7 +14,10 @@ with a Job whose model is the folder; the loaded model is reused between runs as
 The inversion takes --inversion-steps DDIM steps (0, the default: --steps, as the edit), e.g. the
 reference's fine inversion for a coarser edit: `--steps 25 --inversion-steps 50`.
 Finished runs are kept in the results folder and skipped on a re-run, so the bench can be split over
-processes (`--clips`) and resumed; `--report` only assembles the JSON, chart and contact sheet.
+processes (`--clips`, or `--styles` / `--methods` of one clip) and resumed; `--report` only assembles
+the JSON, chart and contact sheet. The folder remembers the settings and the model (a digest of its
+files) its runs were made with (`settings.json`) and refuses a run that asks for others, so no report
+mixes two models or step counts.
 
     .venvs/engine/bin/python bench/edit_bench.py                        # 16 frames, 50 steps, all
     .venvs/engine/bin/python bench/edit_bench.py --frames 8 --steps 25 --clips cityCC0.mpg
@@ -293,6 +296,56 @@ def bench_clip(engine: Engine, clip: str, args: argparse.Namespace, results: dic
             save(out, results)
 
 
+# What shapes a run's figures; clips, styles, methods and threads only choose which runs are made.
+SHAPING = ("frames", "size", "steps", "inversion_steps", "guidance", "negative", "keyframe_stride", "seed")
+
+
+def model_digest(model: str) -> str:
+    """The model folder's files, hashed: a model trained further at the same path is another model."""
+    import hashlib
+
+    from engine.fingerprint import folder_files, hash_file
+
+    files = folder_files(Path(model))
+    if not files:
+        raise SystemExit(f"--model {model} holds no files: give the trained model's folder (models/microsd)")
+    return hashlib.sha256("".join(f"{name}:{hash_file(path)};" for name, path in files).encode()).hexdigest()
+
+
+def claim_settings(out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The settings of every run in `out`: written by the first run, checked by every later one.
+
+    Finished runs are skipped on a re-run, so without this a changed setting (or a retrained model)
+    would leave the old runs in the new report under the new settings' name.
+    """
+    wanted = {k: getattr(args, k) for k in SHAPING} | {
+        "model": args.model,
+        "model_digest": model_digest(args.model),
+    }
+    path = out / "settings.json"
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(wanted, indent=1))
+    try:
+        os.link(tmp, path)  # created whole or not at all: of two processes started together, one writes
+        return wanted
+    except FileExistsError:
+        stored = json.loads(path.read_text())
+    finally:
+        tmp.unlink()
+    changed = [k for k in (*SHAPING, "model_digest") if stored.get(k) != wanted[k]]
+    if changed:
+        what = ", ".join(
+            f"{k} {stored.get(k)!r} (asked: {wanted[k]!r})" for k in changed if k != "model_digest"
+        )
+        if "model_digest" in changed:
+            what = ", ".join(filter(None, [what, "another model (its files differ)"]))
+        raise SystemExit(
+            f"{out} holds runs made with {what}; use a new --out for these settings, or the folder's own "
+            f"(see {path})"
+        )
+    return stored
+
+
 def fresh(dest: Path) -> Path:
     import shutil
 
@@ -314,6 +367,16 @@ def load_runs(out: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    """Add `new` into `into` key by key, down to the runs: processes that bench other styles or
+    methods of the same clip keep each other's runs (runs are only ever added)."""
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        else:
+            into[key] = value
+
+
 def save(out: Path, results: dict[str, Any]) -> None:
     """Merge this process's results into runs.json (other processes may bench other clips)."""
     import fcntl
@@ -321,7 +384,7 @@ def save(out: Path, results: dict[str, Any]) -> None:
     with open(out / "runs.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # read-modify-write, one process at a time
         merged = load_runs(out)
-        merged.update(results)
+        merge(merged, results)
         tmp = runs_path(out).with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(merged, indent=1))
         tmp.replace(runs_path(out))
@@ -581,6 +644,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    stored = out / "settings.json"
+    if args.report and stored.is_file():  # the report names what its runs were made with
+        settings = json.loads(stored.read_text())
+    else:
+        settings = claim_settings(out, args)
     if not args.report:
         engine = Engine(args.model)
         for clip in args.clips:
@@ -589,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = load_runs(out)
     summary = summarize(runs)
     report = {
-        "settings": {k: v for k, v in vars(args).items() if k != "report"},
+        "settings": settings,
         "runs": runs,
         "summary": summary,
     }

@@ -45,7 +45,6 @@ def nearest_tokens(
 
 
 # -- cheaper matching (bench/engine_bench.py measures each; bench/edit_bench.py decides defaults) --
-SCOPES = MATCH_SCOPES
 
 
 @dataclass(frozen=True)
@@ -66,8 +65,8 @@ class MatchOptions:
     dims: int = 0
 
     def __post_init__(self) -> None:
-        if self.scope not in SCOPES:
-            raise ValueError(f"unknown match scope {self.scope!r}: one of {', '.join(SCOPES)}")
+        if self.scope not in MATCH_SCOPES:
+            raise ValueError(f"unknown match scope {self.scope!r}: one of {', '.join(MATCH_SCOPES)}")
         if not 0 <= self.reuse <= 1 or self.dims < 0:
             raise ValueError("match reuse must be a fraction (0 to 1) and dims 0 or more")
 
