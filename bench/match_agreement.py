@@ -11,7 +11,8 @@ also works out what each option would have used and reports, per option,
   flat regions, costs nothing here).
 
 `level` uses the field of the first layer of the same resolution; `dims` searches a random orthonormal
-projection; `reuse` compares each of the last steps' fields with the field of the step before them.
+projection; `reuse` compares each of the last steps' fields with the field of the step before them;
+`window r` searches only the keys within r tokens of the query's position (r scaled down per level).
 Prints the table and writes JSON.
 
     .venvs/engine/bin/python bench/match_agreement.py [--clip carphone_pristine.mp4] [--steps 25]
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -33,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.search_bench import window_nearest  # noqa: E402
 from engine import keyframes  # noqa: E402
 from engine.attention import TokenFlowState  # noqa: E402
 from engine.matching import MatchOptions, nearest_tokens, reduce  # noqa: E402
@@ -44,6 +47,8 @@ class Recording(TokenFlowState):
     dims: int = 16
     reuse_steps: int = 5
     total_steps: int = 0
+    top_grid: tuple[int, int] = (0, 0)  # the latent's token grid (h, w) at the first level
+    radii: tuple[int, ...] = ()  # window radii in tokens of the first level
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -69,6 +74,12 @@ class Recording(TokenFlowState):
         score("level", level)
         d = min(self.dims, q.shape[-1] // 2)
         score(f"dims {self.dims}", nearest_tokens(reduce(q, d), reduce(keys, d), normalized=True))
+        h, w = self.top_grid
+        factor = round(math.sqrt(h * w / q.shape[0])) if q.shape[0] else 0
+        if factor and (h // factor) * (w // factor) == q.shape[0]:  # the level's grid, row-major
+            for r in self.radii:
+                near = window_nearest(q, keys, (h // factor, w // factor), max(1, round(r / factor)))
+                score(f"window {r}", near)
         if self.step >= self.total_steps - self.reuse_steps - 1:  # only what reuse_scores reads
             self.by_step.setdefault((str(scope), frame, keyframe), {})[self.step] = (idx, q, keys)
         return idx
@@ -108,6 +119,7 @@ def main() -> None:
     p.add_argument("--stride", type=int, default=4)
     p.add_argument("--dims", type=int, default=16)
     p.add_argument("--reuse", type=float, default=0.2, help="fraction of the last steps that reuse fields")
+    p.add_argument("--radii", default="2,4,8", help="window radii, in tokens of the first level")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "match"))
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -132,6 +144,8 @@ def main() -> None:
     state = Recording(match=MatchOptions("layer", 0.0, 0))  # the exact search, scored
     steps = len(editor.timesteps)
     state.dims, state.reuse_steps, state.total_steps = args.dims, int(steps * args.reuse), steps
+    state.top_grid = (images.shape[2] // 8, images.shape[3] // 8)  # the VAE's 8x
+    state.radii = tuple(int(r) for r in args.radii.split(",") if r.strip())
     editor.state = state
     editor.run(preview=False)
     state.reuse_scores(len(editor.timesteps))
