@@ -215,37 +215,46 @@ def edited_frames(output: Path) -> Path:
 
 # --- one clip -------------------------------------------------------------------------------------------
 def bench_clip(engine: Engine, clip: str, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    import fcntl
+
     from training.data import CLIPS
     from training.styles import STYLES
 
     out = Path(args.out)
-    folder = prepare(clip, out, args.frames, args.size, list(STYLES))
-    src_dir = folder / "source"
-    source = read(src_dir)
     caption = CLIPS[clip].caption
-    entry = results.setdefault(clip, {"caption": caption, "styles": {}})
-    cache = out / "cache"
-    common = {
-        "source_prompt": caption,
-        "negative_prompt": args.negative,
-        "steps": args.steps,
-        "inversion_steps": args.inversion_steps,
-        "seed": args.seed,
-        "size": args.size,
-        "keyframe_stride": args.keyframe_stride,
-    }
-    source_vae = engine.round_trip(source)  # what an edit that changes nothing returns
-    if "vae_psnr" not in entry:
-        entry["vae_psnr"] = psnr(source_vae, source)
-        entry["warp_source"] = warp(src_dir, src_dir)
-        save(out, results)
-    if "reconstruction_psnr" not in entry:
-        dest = out / "edits" / Path(clip).stem / "reconstruction"
-        started = time.monotonic()
-        engine.run(src_dir, fresh(dest), cache, prompt=caption, guidance=1.0, method="per-frame", **common)
-        entry["reconstruction_psnr"] = psnr(read(edited_frames(dest)), source)
-        entry["reconstruction_seconds"] = round(time.monotonic() - started, 1)
-        save(out, results)
+    # another process on this clip prepares first, or waits for it and then skips what it did;
+    # the styles' runs, after the lock, write folders of their own
+    with open(out / f".{Path(clip).stem}.lock", "w") as shared:
+        fcntl.flock(shared, fcntl.LOCK_EX)
+        merge(results, {k: v for k, v in load_runs(out).items() if k == clip})
+        folder = prepare(clip, out, args.frames, args.size, list(STYLES))
+        src_dir = folder / "source"
+        source = read(src_dir)
+        entry = results.setdefault(clip, {"caption": caption, "styles": {}})
+        cache = out / "cache"
+        common = {
+            "source_prompt": caption,
+            "negative_prompt": args.negative,
+            "steps": args.steps,
+            "inversion_steps": args.inversion_steps,
+            "seed": args.seed,
+            "size": args.size,
+            "keyframe_stride": args.keyframe_stride,
+        }
+        source_vae = engine.round_trip(source)  # what an edit that changes nothing returns
+        if "vae_psnr" not in entry:
+            entry["vae_psnr"] = psnr(source_vae, source)
+            entry["warp_source"] = warp(src_dir, src_dir)
+            save(out, results)
+        if "reconstruction_psnr" not in entry:
+            dest = out / "edits" / Path(clip).stem / "reconstruction"
+            started = time.monotonic()
+            engine.run(
+                src_dir, fresh(dest), cache, prompt=caption, guidance=1.0, method="per-frame", **common
+            )
+            entry["reconstruction_psnr"] = psnr(read(edited_frames(dest)), source)
+            entry["reconstruction_seconds"] = round(time.monotonic() - started, 1)
+            save(out, results)
     log(
         f"{clip}: VAE round trip {entry['vae_psnr']:.2f} dB, "
         f"reconstruction {entry['reconstruction_psnr']:.2f} dB"

@@ -70,11 +70,12 @@ class TokenFlowState:
     searches: int = 0  # nearest-neighbour searches run (a field reused is not one)
     owned: list[tuple[int, int]] = field(default_factory=list)
     injections: set[tuple[int, str]] = field(default_factory=set)  # (step, "qk" | "conv")
-    # The owned indices as tensors per (tokens' device, store device): made once per keyframe pass,
-    # not once per layer (a Python list as an index is a host-to-device copy per use on a GPU).
-    _owned_index: dict[tuple[torch.device, torch.device], tuple[torch.Tensor, torch.Tensor]] = field(
-        default_factory=dict
-    )
+    # The owned indices as tensors per (owned pairs, tokens' device, store device): made once per
+    # distinct keyframe pass of a run (every step's in `fixed` mode is the same), not once per layer
+    # or step (a Python list as an index is a host-to-device copy per use on a GPU).
+    _owned_index: dict[
+        tuple[tuple[tuple[int, int], ...], torch.device, torch.device], tuple[torch.Tensor, torch.Tensor]
+    ] = field(default_factory=dict)
 
     def set_mode(self, mode: str) -> None:
         if mode not in MODES:
@@ -129,7 +130,6 @@ class TokenFlowState:
         pass keeps; only the owned ones are stored.
         """
         self.owned = owned
-        self._owned_index.clear()
 
     def keep(self, layer: str, tokens: torch.Tensor, outputs: torch.Tensor) -> None:
         """Store the owned keyframes' source tokens (n, S, D) and outputs (3, n, S, D).
@@ -143,13 +143,14 @@ class TokenFlowState:
             k = self.n_keyframes
             self.keyframe_tokens[layer] = tokens.new_empty((k, *tokens.shape[1:]), device=device)
             self.keyframe_outputs[layer] = outputs.new_empty((COPIES, k, *outputs.shape[2:]), device=device)
-        index = self._owned_index.get((tokens.device, device))
+        name = (tuple(self.owned), tokens.device, device)
+        index = self._owned_index.get(name)
         if index is None:
             index = (
                 torch.tensor([b for b, _ in self.owned], device=tokens.device),
                 torch.tensor([p for _, p in self.owned], device=device),
             )
-            self._owned_index[(tokens.device, device)] = index
+            self._owned_index[name] = index
         batch, positions = index
         self.keyframe_tokens[layer][positions] = tokens[batch].to(device)
         self.keyframe_outputs[layer][:, positions] = outputs[:, batch].to(device)

@@ -102,7 +102,7 @@ class Editor:
             self.state.reuse_from = max(1, len(self.timesteps) - reuse)
         # (N, 1, h, w) on the latent grid, or None: outside it the latents follow the source's.
         self.matte: torch.Tensor | None = None
-        self._t_device: tuple[int, torch.Tensor] | None = None
+        self._t_device: dict[int, torch.Tensor] = {}
 
     # -- one UNet call on [source, negative, positive] copies of n frames ----------------------
     def _guided_eps(self, src: torch.Tensor, x: torch.Tensor, t: int) -> torch.Tensor:
@@ -118,18 +118,20 @@ class Editor:
         return uncond + self.settings.guidance * (cond - uncond)
 
     def _timestep(self, t: int) -> torch.Tensor:
-        """The timestep as a tensor on the device, made once per step: given an int, the UNet makes
-        one per call (a host-to-device copy per UNet call on a GPU)."""
-        if self._t_device is None or self._t_device[0] != t:
-            self._t_device = (t, torch.tensor(t, device=self.model.placement.device))
-        return self._t_device[1]
+        """The timestep as a tensor on the device: given an int, the UNet makes one per call (a
+        host-to-device copy per UNet call on a GPU). All steps' are made in one copy before the loop."""
+        if not self._t_device:
+            made = torch.tensor(self.timesteps, device=self.model.placement.device)
+            self._t_device = dict(zip(self.timesteps, made.unbind(), strict=True))  # views, no copies
+        return self._t_device[t]
 
     def _denoise(self, eps: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
         x = x.to(eps.device, torch.float32)
-        x = self.scheduler.step(eps, t, x).prev_sample
+        x = self.scheduler.step(eps, t, x).prev_sample.cpu()  # the one copy out, a sync of its own
         where = f"the UNet during the edit (timestep {int(t)})"
+        # checked on the host copy: on a GPU, checking on the device would be one more sync per call
         require_finite(x, where, self.model.placement.dtype, self.settings.guidance)
-        return x.cpu()
+        return x
 
     def _keyframes(self, n_frames: int, step: int, preview: bool) -> list[int]:
         s = self.settings
@@ -171,6 +173,7 @@ class Editor:
         carried = self.needed(n_frames, preview=False)
         n_conv, n_qk = injection_steps(s)
         keys: list[int] = []
+        self._timestep(self.timesteps[0])  # every step's timestep on the device, before the loop
         for step, t in enumerate(self.timesteps):
             cancelled()
             src = self.source(t)
@@ -220,7 +223,12 @@ class Editor:
             state.set_keyframe_batch([(slot[p], p) for p in kp.owned])
             eps = self._guided_eps(src[members], x[members], t)
             owned = [keys[p] for p in kp.owned]
-            denoised[owned] = self._denoise(eps[[slot[p] for p in kp.owned]], t, x[owned])
+            # the owned keyframes are consecutive members: their rows of eps are a view (a list as
+            # an index would be a host-to-device copy per pass on a GPU)
+            first = slot[kp.owned[0]]
+            if [slot[p] for p in kp.owned] != list(range(first, first + len(owned))):
+                raise RuntimeError(f"keyframe pass {kp}: owned keyframes are not consecutive members")
+            denoised[owned] = self._denoise(eps.narrow(0, first, len(owned)), t, x[owned])
             self.on_call("keyframes", len(members))
         return denoised
 
