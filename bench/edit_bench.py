@@ -310,15 +310,18 @@ SHAPING = ("frames", "size", "steps", "inversion_steps", "guidance", "negative",
 
 
 def model_digest(model: str) -> str:
-    """The model folder's files, hashed: a model trained further at the same path is another model."""
-    import hashlib
+    """The engine's own digest of the files the model is read from (engine.models.model_files): a
+    model trained further at the same path is another model; its card or sample grid is not."""
+    from engine.fingerprint import DigestIndex, files_digest
+    from engine.models import model_files
 
-    from engine.fingerprint import folder_files, hash_file
-
-    files = folder_files(Path(model))
-    if not files:
-        raise SystemExit(f"--model {model} holds no files: give the trained model's folder (models/microsd)")
-    return hashlib.sha256("".join(f"{name}:{hash_file(path)};" for name, path in files).encode()).hexdigest()
+    try:
+        return files_digest(model_files(model), DigestIndex(None))
+    except OSError as exc:
+        raise SystemExit(
+            f"--model {model} holds no files of a model ({exc.filename} cannot be read): give the trained "
+            "model's folder (models/microsd)"
+        ) from exc
 
 
 def claim_settings(out: Path, args: argparse.Namespace) -> dict[str, Any]:
