@@ -71,7 +71,7 @@ class Delivery:
         name = frames.result_name(frame.path)
         rgb = frames.to_source(edit, size)
         if self.plain and not plates.is_plate(frame.path):
-            frames.write_png(folder / name, rgb, frame.bit_depth)
+            frames.write_png(folder / name, rgb, frame.bit_depth, frame.load_alpha())
             return name
         source = frame.load()  # the source's own decoded values, in its colour space
         out = rgb
@@ -83,7 +83,7 @@ class Delivery:
             plate = plates.read(frame.path)
             plates.write(folder / name, plate, out, self.colour.colorspace if self.colour else "")
         else:
-            frames.write_png(folder / name, out, frame.bit_depth)
+            frames.write_png(folder / name, out, frame.bit_depth, frame.load_alpha())
         return name
 
     def describe(self) -> dict[str, object]:

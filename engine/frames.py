@@ -2,7 +2,9 @@
 
 OpenCV decodes PNG, JPEG and TIFF at 8 and 16 bits; frames go to the model as sRGB in [-1, 1] at a
 working size that keeps their aspect ratio (long side `size`, padded to multiples of 64, see
-:class:`Geometry`), and come back as PNG at the source size and bit depth.
+:class:`Geometry`), and come back as PNG at the source size and bit depth. The model sees no alpha;
+a PNG with an alpha channel (a keyed element, a render with holdouts) gets its own alpha back in its
+result, value for value, so the edit still comps where the source did.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Frame:
     width: int
     height: int
     colour_key: str = ""  # set when the model sees colour-converted pixels (delivery.py)
+    alpha: bool = False  # a PNG with alpha: its results carry that alpha (EXR: plates.py)
 
     @property
     def cache_key(self) -> str:
@@ -49,6 +52,13 @@ class Frame:
     def load(self) -> np.ndarray:
         """The frame as H x W x 3 RGB float32 in [0, 1] (EXR plates: their values, unclipped),
         checked against the bytes read at the start."""
+        return decode_image(self.path, self._bytes())[0]
+
+    def load_alpha(self) -> np.ndarray | None:
+        """The alpha channel as stored (H x W, uint8 or uint16), or None without one."""
+        return _decode(self.path, self._bytes())[2] if self.alpha else None
+
+    def _bytes(self) -> bytes:
         try:
             data = self.path.read_bytes()
         except OSError as exc:
@@ -57,7 +67,7 @@ class Frame:
             raise BadInput(
                 f"frame file {self.path} changed while the job ran; run the job again on the final frames"
             )
-        return decode_image(self.path, data)[0]
+        return data
 
 
 @dataclass
@@ -74,9 +84,16 @@ class Shot:
 
 
 def decode_image(path: Path, data: bytes) -> tuple[np.ndarray, int]:
+    """(H x W x 3 RGB float32, bit depth) of an image file's bytes."""
+    rgb, depth, _alpha = _decode(path, data)
+    return rgb, depth
+
+
+def _decode(path: Path, data: bytes) -> tuple[np.ndarray, int, np.ndarray | None]:
+    """decode_image's RGB and depth, and a PNG's alpha channel as stored (or None)."""
     if plates.is_plate(path):
         plate = plates.read(path)
-        return plate.display_rgb(), plate.bit_depth
+        return plate.display_rgb(), plate.bit_depth, None  # plates.write carries every channel
     if not data:
         raise BadInput(f"frame file {path} is empty (0 bytes); render or export that frame again")
     try:
@@ -94,12 +111,18 @@ def decode_image(path: Path, data: bytes) -> tuple[np.ndarray, int]:
             f"{path} holds {raw.dtype} pixels (float / linear data); write float frames as OpenEXR "
             "(with their colour space), or convert them to 8- or 16-bit sRGB PNG"
         )
+    alpha = None
     if raw.ndim == 2:
         raw = cv2.cvtColor(raw, cv2.COLOR_GRAY2BGR)
     elif raw.shape[2] == 4:
-        raw = cv2.cvtColor(raw, cv2.COLOR_BGRA2BGR)  # the model has no alpha; it is dropped
+        # The model has no alpha. A PNG's (straight alpha, grey + alpha included) goes back into its
+        # result; OpenCV hands a TIFF's colour already multiplied by its alpha (colour over black),
+        # which is what the model edits and the result holds, without the alpha.
+        if path.suffix.lower() == ".png":
+            alpha = np.ascontiguousarray(raw[..., 3])
+        raw = cv2.cvtColor(raw, cv2.COLOR_BGRA2BGR)
     rgb = cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
-    return rgb.astype(np.float32) / scale, depth
+    return rgb.astype(np.float32) / scale, depth, alpha
 
 
 def read_shot(paths: Sequence[str | os.PathLike[str]]) -> Shot:
@@ -115,9 +138,9 @@ def read_shot(paths: Sequence[str | os.PathLike[str]]) -> Shot:
             raise BadInput(
                 f"frame file {path} cannot be read: {exc.strerror}; check its permissions"
             ) from exc
-        image, depth = decode_image(path, data)  # decoded once to check it; the pixels are dropped
+        image, depth, alpha = _decode(path, data)  # decoded once to check it; the pixels are dropped
         h, w = image.shape[:2]
-        frames.append(Frame(path, hashlib.sha256(data).hexdigest(), depth, w, h))
+        frames.append(Frame(path, hashlib.sha256(data).hexdigest(), depth, w, h, alpha=alpha is not None))
     first = frames[0]
     for frame in frames[1:]:
         if (frame.width, frame.height) != (first.width, first.height):
@@ -202,11 +225,18 @@ def result_name(source: Path) -> str:
     return source.stem + (".exr" if plates.is_plate(source) else ".png")
 
 
-def write_png(path: Path, image: np.ndarray, bit_depth: int) -> None:
-    """Write an RGB [0, 1] image as an 8- or 16-bit PNG."""
+def write_png(path: Path, image: np.ndarray, bit_depth: int, alpha: np.ndarray | None = None) -> None:
+    """Write an RGB [0, 1] image as an 8- or 16-bit PNG; `alpha` (H x W, as stored in an 8/16-bit
+    source) is written as it is, as PNG's straight alpha."""
     scale, dtype = (65535.0, np.uint16) if bit_depth == 16 else (255.0, np.uint8)
-    pixels = np.round(np.clip(image, 0.0, 1.0) * scale).astype(dtype)
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
+    pixels = cv2.cvtColor(np.round(np.clip(image, 0.0, 1.0) * scale).astype(dtype), cv2.COLOR_RGB2BGR)
+    if alpha is not None:
+        if alpha.shape != pixels.shape[:2] or alpha.dtype != dtype:
+            raise ValueError(
+                f"a {alpha.dtype} alpha of {alpha.shape} for a {dtype.__name__} image of {pixels.shape[:2]}"
+            )
+        pixels = np.dstack([pixels, alpha])
+    ok, encoded = cv2.imencode(".png", pixels)
     if not ok:
         raise OSError(f"PNG encoding failed for {path}")
     path.write_bytes(encoded.tobytes())

@@ -59,3 +59,31 @@ def test_processes_on_one_clip_keep_each_others_runs(tmp_path: Path) -> None:
     assert set(styles["pencil"]["methods"]) == {"sdedit", "per-frame"}
     assert styles["pencil"]["methods"]["per-frame"] == {"psnr": 7.6}
     assert runs[clip]["vae_psnr"] == 21.8
+
+
+def test_summary_separates_cases_no_edit_through_the_vae_can_win(tmp_path: Path) -> None:
+    def style(source: float, truth_vae: float, edit: float) -> dict:
+        run = {"psnr": edit, "ssim": 0.5, "warp": 1.0}
+        return {
+            "source_psnr": source,
+            "truth_vae_psnr": truth_vae,
+            "source_vae_psnr": source - 1,
+            "warp_truth": 2.0,
+            "methods": {edit_bench.TOKENFLOW: run, edit_bench.BASELINE: {**run, "warp": 1.1}},
+        }
+
+    runs = {
+        "bikes.mp4": {
+            "vae_psnr": 21.0,
+            "reconstruction_psnr": 20.9,
+            "styles": {
+                # a nearly grey clip: its b/w truth is nearer the source than the VAE can ever get
+                "bw": style(source=34.4, truth_vae=21.8, edit=16.7),
+                "pencil": style(source=8.3, truth_vae=15.1, edit=9.0),
+                "sepia": style(source=16.0, truth_vae=19.0, edit=15.0),
+            },
+        }
+    }
+    toward = edit_bench.summarize(runs)["tokenflow_toward_truth"]
+    assert [c["reachable"] for c in toward["cases"]] == [False, True, True]
+    assert (toward["reachable"], toward["toward_among_reachable"], toward["holds"]) == (2, 1, False)
