@@ -21,7 +21,7 @@ from typing import Any
 import bpy
 
 from ..engine import protocol
-from . import compat, controller, farm_task, flamenco, jobs, planning, preferences, strips
+from . import compat, controller, farm_task, flamenco, jobs, planning, preferences, strips, takes
 from .jobs import SLOT_FARM, UserError
 
 JOB_SUFFIX = ".job.json"  # the engine job file sits beside the output folder it describes
@@ -105,6 +105,7 @@ def start_farm(context: Any) -> farm_task.FarmTask:
     job = jobs.build_job(scene, shot, protocol.STAGE_PROPAGATE, output)
     # The workers choose their own device; measuring is per chunk there, not the shot's.
     job = dataclasses.replace(job, device="auto", evaluate=False, cache_dir=preferences.farm_cache_dir())
+    job.extra.update(takes.take_extra(scene.name, shot.name))  # the merged result is a take of the strip
     job_file = output + JOB_SUFFIX
     submitted = flamenco.submitted_job(
         planning.result_name(shot.name, job.prompt, preview=False, limit=120),
@@ -166,7 +167,7 @@ def _on_finish(task: farm_task.FarmTask) -> None:
     st = jobs.state()
     try:
         if task.state == controller.DONE:
-            task.message = jobs.apply_result(task.context, task.result or {}, task.output)
+            task.message = jobs.apply_take(task.context, task.result or {}, task.output)
         elif task.state == controller.ERROR:
             st.error = task.message or "the farm job failed without a message; see the Manager"
     except Exception as exc:  # a failure here must not leave the panel claiming success

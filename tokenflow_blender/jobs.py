@@ -279,7 +279,7 @@ def _on_edit_finish(task: controller.ProcessTask) -> None:
     st = state()
     try:
         if task.state == controller.DONE:
-            task.message = _apply_take(task.context, task.result or {}, task.output)
+            task.message = apply_take(task.context, task.result or {}, task.output)
         elif task.state == controller.ERROR:
             st.error = task.message or "the engine failed without a message; see the log"
     except Exception as exc:  # a failure here must not leave the panel claiming success
@@ -292,9 +292,9 @@ def _on_edit_finish(task: controller.ProcessTask) -> None:
     _show(task)
 
 
-def _apply_take(ctx: dict[str, Any], done: dict[str, Any], output: str) -> str:
+def apply_take(ctx: dict[str, Any], done: dict[str, Any], output: str) -> str:
     """Add a result (or each of a variations run's previews, stacked above the source) and list it
-    as a take."""
+    as a take, selected: an engine run's here and a farm job's (:mod:`.farm_jobs`) alike."""
     from . import takes_ops
 
     variations = done.get("variations") or []

@@ -211,6 +211,11 @@ def test_submit_run_on_the_farm_and_import(farm, scene, assets, manager, tmp_pat
         (f"TF key {k}", START + k) for k in keys
     )
     assert digest(frames) == before_digest, "the source frames must stay byte-identical"
+    # the farm's result is a take of the strip, listed and selected as a local run's would be
+    assert manifest["job"]["extra"]["take"]["source"] == "city"
+    pg = scene.tokenflow_takes
+    listed = pg.takes[pg.index]
+    assert (Path(listed.folder), listed.source, listed.kind) == (output, "city", "shot")
 
 
 def test_manager_not_running(farm, scene, flat, tmp_path) -> None:
