@@ -82,6 +82,11 @@ def merge(parts: list[str | os.PathLike[str]], output: str | os.PathLike[str]) -
             "files": files,
             "indices": list(range(n)),
             "chunks": [str(p) for p, _ in ordered],
+            # as the merge's `done` says: the first chunk's timings are not the shot's, and a farm
+            # worker's speed is not the artist's machine's (Blender's estimate reads takes' stats)
+            "stats": {"chunks": len(ordered)},
+            "seconds": None,
+            "metrics": None,
         }
         merged["job"] = {**first["job"], "output": str(dest), "frame_range": None}
         (tmp / MANIFEST).write_text(json.dumps(merged, indent=2))
