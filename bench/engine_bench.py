@@ -4,7 +4,9 @@ In one run, on the same real frames, model and steps:
   - TokenFlow edit against per-frame PnP (both from a cached inversion: sampling only);
   - keyframe preview against the full edit;
   - a re-edit with a cached inversion against a first edit;
-  - peak memory of an edit at 16 against 64 frames (each in a fresh subprocess).
+  - peak memory of an edit at 16 against 64 frames (each in a fresh subprocess);
+  - with `--source-copy`: per-frame PnP and TokenFlow's defaults against themselves with the source
+    copy in every step (as before the steps that do not read it left it out).
 Besides wall time it counts UNet frame evaluations, which do not depend on machine noise; the
 compared runs alternate `--repeat` times and the fastest of each counts (noise only adds time).
 
@@ -45,6 +47,20 @@ def _reset_peak() -> None:
     """Let VmHWM restart from the current RSS (Linux: write 5 to clear_refs)."""
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
+
+
+@contextlib.contextmanager
+def source_copy_in_every_step():
+    """The edit as it ran before: [source, negative, prompt] in every UNet call of every step."""
+    from engine import attention
+    from engine.editing import Editor
+
+    trimmed = Editor.copies
+    Editor.copies = lambda self, step, preview: attention.COPIES
+    try:
+        yield
+    finally:
+        Editor.copies = trimmed
 
 
 def run_job(loaded, **fields) -> tuple[float, dict]:
@@ -130,6 +146,11 @@ def main() -> None:
         action="store_true",
         help="time the edits only (TokenFlow, per-frame, --match options): no re-edit, preview, memory",
     )
+    parser.add_argument(
+        "--source-copy",
+        action="store_true",
+        help="also time per-frame and TokenFlow's defaults with the source copy in every step",
+    )
     parser.add_argument("--match-dims", type=int, default=32, help="the projected search's dimensions")
     parser.add_argument("--match-reuse", type=float, default=0.2, help="share of last steps reusing fields")
     parser.add_argument(
@@ -206,6 +227,11 @@ def main() -> None:
             measure("preview", prompt="a neon cyberpunk city", stage="preview")
         for name in args.match:
             measure(f"tokenflow_{name}", prompt="a neon cyberpunk city", **options[name])
+        if args.source_copy:
+            with source_copy_in_every_step():
+                measure("per_frame_all_copies", prompt="a neon cyberpunk city", method="per-frame")
+                measure("tokenflow_defaults_all_copies", prompt="a neon cyberpunk city")
+            measure("tokenflow_defaults", prompt="a neon cyberpunk city")
     # per-frame counts only the edit copies' frames; both read their inversion from the cache
     ratios = {"tokenflow_over_per_frame_time": runs["tokenflow"]["seconds"] / runs["per_frame"]["seconds"]}
     if not args.only_edits:
@@ -222,6 +248,12 @@ def main() -> None:
         searches = runs[f"tokenflow_{name}"]["stats"]["match_searches"]
         exact = runs["tokenflow"]["stats"]["match_searches"]
         ratios[f"tokenflow_{name}_searches_over_exact"] = searches / exact
+
+    if args.source_copy:
+        for name in ("per_frame", "tokenflow_defaults"):
+            ratios[f"{name}_over_all_copies_time"] = (
+                runs[name]["seconds"] / runs[f"{name}_all_copies"]["seconds"]
+            )
 
     memory = []
     sizes = [] if args.only_edits else [int(v) for v in args.memory_frames.split(",") if v.strip()]

@@ -3,7 +3,9 @@
 Installed through diffusers' public extension points (`UNet2DConditionModel.set_attn_processor`)
 and torch forward hooks; no diffusers internals are patched. Every UNet call in an edit sees
 three copies of its frames, stacked on the batch axis: [source, edit with the negative prompt,
-edit with the prompt]. One :class:`TokenFlowState` tells all processors what the current call is:
+edit with the prompt]; in the steps where nothing reads the source copy (no injection, and no
+field to search: see `TokenFlowState.copies`) only the two edit copies. One
+:class:`TokenFlowState` tells all processors what the current call is:
 
 - ``plain``: ordinary attention (inversion, decoding-free passes).
 - ``keyframe``: the keyframes. Edit copies attend jointly to the keys/values of all keyframes
@@ -30,7 +32,8 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from .keyframes import FrameSource
 from .matching import MatchOptions, nearest_tokens, reduce, unit
 
-COPIES = 3
+COPIES = 3  # source, negative, prompt
+EDIT_COPIES = 2  # negative, prompt: a step that needs nothing from the source copy
 # The reference implementation's PnP layers (SD's decoder).
 DEFAULT_QK_LAYERS = (
     "up_blocks.1.attentions.1",
@@ -52,6 +55,7 @@ class TokenFlowState:
 
     mode: str = "plain"
     step: int = 0
+    copies: int = COPIES  # this step's copies per frame: COPIES, or EDIT_COPIES without the source
     inject_qk: bool = False
     inject_conv: bool = False
     # Where kept keyframe features live; the CPU keeps device memory flat for many keyframes.
@@ -89,7 +93,13 @@ class TokenFlowState:
         inject_conv: bool,
         n_keyframes: int = 0,
         keyframes: Sequence[int] = (),
+        copies: int = COPIES,
     ) -> None:
+        if copies not in (COPIES, EDIT_COPIES):
+            raise ValueError(f"a step runs {COPIES} or {EDIT_COPIES} copies per frame, not {copies}")
+        if copies != COPIES and (inject_qk or inject_conv):
+            raise ValueError("PnP injection copies from the source copy: a step that injects runs it")
+        self.copies = copies
         self.step, self.inject_qk, self.inject_conv = step, inject_qk, inject_conv
         self.n_keyframes = n_keyframes
         self.keyframe_frames = list(keyframes)
@@ -106,7 +116,12 @@ class TokenFlowState:
             self.fields.clear()
 
     def nearest(
-        self, scope: object, i: int, key: int, queries: Callable[[], torch.Tensor], key_tokens: torch.Tensor
+        self,
+        scope: object,
+        i: int,
+        key: int,
+        queries: Callable[[], torch.Tensor],
+        key_tokens: torch.Tensor | None,
     ) -> torch.Tensor:
         """The field of chunk frame i onto keyframe position `key`: remembered, or searched.
 
@@ -116,6 +131,13 @@ class TokenFlowState:
         found = self.fields.get(name) if name else None
         if found is not None:
             return found
+        if self.copies != COPIES:  # the tokens at hand are an edit copy's: a field from them is wrong
+            raise RuntimeError(
+                f"step {self.step} runs without the source copy but has no field for frame "
+                f"{self.chunk_frames[i] if self.chunk_frames else i} to reuse; fields are searched on the "
+                "source tokens"
+            )
+        assert key_tokens is not None  # kept by every keyframe pass that runs the source copy
         q = reduce(queries(), self.match.dims)  # the keyframes' tokens were reduced once, in keep()
         idx = nearest_tokens(q, key_tokens[key].to(q.device), normalized=True)
         self.searches += 1
@@ -131,28 +153,34 @@ class TokenFlowState:
         """
         self.owned = owned
 
-    def keep(self, layer: str, tokens: torch.Tensor, outputs: torch.Tensor) -> None:
-        """Store the owned keyframes' source tokens (n, S, D) and outputs (3, n, S, D).
+    def keep(self, layer: str, tokens: torch.Tensor | None, outputs: torch.Tensor) -> None:
+        """Store the owned keyframes' source tokens (n, S, D) and outputs (copies, n, S, D); a step
+        without the source copy has no tokens (its fields are the step before's).
 
         Tokens are kept normalised (float32) and, with `match.dims`, already projected: they only
         serve the nearest-neighbour search, which would otherwise project them again per frame.
         """
-        device = self.store_device or tokens.device
-        tokens = reduce(unit(tokens), self.match.dims)
-        if layer not in self.keyframe_tokens:
+        device = self.store_device or outputs.device
+        if tokens is not None:
+            tokens = reduce(unit(tokens), self.match.dims)
+        if layer not in self.keyframe_outputs:
             k = self.n_keyframes
-            self.keyframe_tokens[layer] = tokens.new_empty((k, *tokens.shape[1:]), device=device)
-            self.keyframe_outputs[layer] = outputs.new_empty((COPIES, k, *outputs.shape[2:]), device=device)
-        name = (tuple(self.owned), tokens.device, device)
+            if tokens is not None:
+                self.keyframe_tokens[layer] = tokens.new_empty((k, *tokens.shape[1:]), device=device)
+            self.keyframe_outputs[layer] = outputs.new_empty(
+                (outputs.shape[0], k, *outputs.shape[2:]), device=device
+            )
+        name = (tuple(self.owned), outputs.device, device)
         index = self._owned_index.get(name)
         if index is None:
             index = (
-                torch.tensor([b for b, _ in self.owned], device=tokens.device),
+                torch.tensor([b for b, _ in self.owned], device=outputs.device),
                 torch.tensor([p for _, p in self.owned], device=device),
             )
             self._owned_index[name] = index
         batch, positions = index
-        self.keyframe_tokens[layer][positions] = tokens[batch].to(device)
+        if tokens is not None:
+            self.keyframe_tokens[layer][positions] = tokens[batch].to(device)
         self.keyframe_outputs[layer][:, positions] = outputs[:, batch].to(device)
 
 
@@ -187,14 +215,15 @@ class TokenFlowAttnProcessor:
         mode = self.state.mode
         if mode == "plain" or encoder_hidden_states is not None or attention_mask is not None:
             return AttnProcessor2_0()(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        if hidden_states.ndim != 3 or hidden_states.shape[0] % COPIES:
+        copies = self.state.copies
+        if hidden_states.ndim != 3 or hidden_states.shape[0] % copies:
             raise ValueError(
-                f"{self.layer}: expected (3*frames, tokens, dim), got {tuple(hidden_states.shape)}"
+                f"{self.layer}: expected ({copies}*frames, tokens, dim), got {tuple(hidden_states.shape)}"
             )
         if mode == "propagate":
             return self._propagate(hidden_states)
 
-        n = hidden_states.shape[0] // COPIES
+        n = hidden_states.shape[0] // copies
         x = hidden_states
         if attn.group_norm is not None:
             x = attn.group_norm(x.transpose(1, 2)).transpose(1, 2)
@@ -207,10 +236,12 @@ class TokenFlowAttnProcessor:
         if attn.norm_q is not None:
             q, k = attn.norm_q(q), attn.norm_k(k)
 
-        if mode == "keyframe":
+        if mode == "keyframe" and copies == COPIES:
             source = F.scaled_dot_product_attention(q[:n], k[:n], v[:n])
             edits = self._extended(q[n:], k[n:], v[n:], n)
             out = torch.cat([source, edits])
+        elif mode == "keyframe":  # the edit copies only
+            out = self._extended(q, k, v, n)
         else:  # per_frame
             out = F.scaled_dot_product_attention(q, k, v)
         out = attn.to_out[1](attn.to_out[0](_merge_heads(out).to(q.dtype)))
@@ -218,7 +249,8 @@ class TokenFlowAttnProcessor:
             out = out + hidden_states
         out = out / attn.rescale_output_factor
         if mode == "keyframe":
-            self.state.keep(self.layer, hidden_states[:n], out.view(COPIES, n, *out.shape[1:]))
+            tokens = hidden_states[:n] if copies == COPIES else None
+            self.state.keep(self.layer, tokens, out.view(copies, n, *out.shape[1:]))
         return out
 
     @staticmethod
@@ -239,10 +271,10 @@ class TokenFlowAttnProcessor:
     def _propagate(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Gather kept keyframe outputs along the source tokens' nearest neighbours; no attention."""
         state = self.state
-        n = hidden_states.shape[0] // COPIES
+        n = hidden_states.shape[0] // state.copies
         if len(state.plan) != n:
             raise RuntimeError(f"{self.layer}: the chunk plan has {len(state.plan)} frames, the batch {n}")
-        key_tokens = state.keyframe_tokens[self.layer]
+        key_tokens = state.keyframe_tokens.get(self.layer)  # None without the source copy
         key_outputs = state.keyframe_outputs[self.layer]
         device, dtype = hidden_states.device, hidden_states.dtype
         # "level": one field per resolution (token count) for all layers of that resolution
@@ -268,7 +300,7 @@ class TokenFlowAttnProcessor:
                 # lerp form: a frame between two equal keyframes gets exactly their output
                 mixed = torch.lerp(out_b, mixed, src.weight_a)
             frames.append(mixed.to(dtype))
-        return torch.stack(frames, dim=1).reshape(COPIES * n, *hidden_states.shape[1:])
+        return torch.stack(frames, dim=1).reshape(state.copies * n, *hidden_states.shape[1:])
 
 
 def install(

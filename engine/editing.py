@@ -106,16 +106,37 @@ class Editor:
 
     # -- one UNet call on [source, negative, positive] copies of n frames ----------------------
     def _guided_eps(self, src: torch.Tensor, x: torch.Tensor, t: int) -> torch.Tensor:
+        """The guided noise prediction of x; the source copy runs beside it only in the steps that
+        read it (`self.state.copies`)."""
         placement = self.model.placement
         n = x.shape[0]
-        batch = torch.cat([src, x, x]).to(placement.device, placement.dtype)
         p = self.prompts
-        embeds = torch.cat(
-            [p.source.expand(n, -1, -1), p.negative.expand(n, -1, -1), p.positive.expand(n, -1, -1)]
-        )
+        parts, texts = [x, x], [p.negative.expand(n, -1, -1), p.positive.expand(n, -1, -1)]
+        if self.state.copies == attention.COPIES:
+            parts, texts = [src, *parts], [p.source.expand(n, -1, -1), *texts]
+        batch = torch.cat(parts).to(placement.device, placement.dtype)
+        embeds = torch.cat(texts)
         eps = self.model.unet(batch, self._timestep(t), encoder_hidden_states=embeds).sample.float()
-        _, uncond, cond = eps.chunk(3)
+        uncond, cond = eps[-2 * n :].chunk(2)
         return uncond + self.settings.guidance * (cond - uncond)
+
+    def copies(self, step: int, preview: bool) -> int:
+        """How many copies step `step` runs per frame. The source copy serves PnP injection and the
+        propagation's nearest-neighbour search; a step with neither (after the injection steps: a
+        preview, per-frame PnP, SDEdit per frame, and TokenFlow `fixed` while it reuses the step
+        before's fields) leaves it out, a third less UNet work. The edit copies see exactly what they
+        would see beside it: the source copy never mixes into them after injection."""
+        n_conv, n_qk = injection_steps(self.settings)
+        if step < max(n_conv, n_qk):
+            return attention.COPIES
+        if preview or self.settings.method == "per-frame":
+            return attention.EDIT_COPIES
+        reuse_from = self.state.reuse_from
+        reusing = reuse_from is not None and step >= reuse_from
+        # resample draws other keyframes every step: their fields are new, searched on source tokens
+        return (
+            attention.EDIT_COPIES if reusing and self.settings.keyframe_mode == "fixed" else attention.COPIES
+        )
 
     def _timestep(self, t: int) -> torch.Tensor:
         """The timestep as a tensor on the device: given an int, the UNet makes one per call (a
@@ -180,7 +201,14 @@ class Editor:
             if self.matte is not None and step:
                 x = matte.limit(x, src, self.matte)
             keys = self._keyframes(n_frames, step, preview)
-            state.begin_step(step, step < n_qk, step < n_conv, n_keyframes=len(keys), keyframes=keys)
+            state.begin_step(
+                step,
+                step < n_qk,
+                step < n_conv,
+                n_keyframes=len(keys),
+                keyframes=keys,
+                copies=self.copies(step, preview),
+            )
             if s.method == "per-frame":
                 x = self._per_frame_step(x, src, t, keys if preview else carried, cancelled)
                 continue
