@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 
 from engine import frames as frames_mod
-from tests.engine.conftest import run_in_process
-from tests.engine.test_matte import FEATHER, write_mattes
+from tests.engine.test_matte import watercolor, write_mattes
 
 
 def rgba_frames(city16: list[Path], folder: Path, depth: int) -> list[str]:
@@ -35,18 +34,7 @@ def rgba_frames(city16: list[Path], folder: Path, depth: int) -> list[str]:
 @pytest.mark.parametrize(("depth", "matte"), [(8, False), (16, True)])
 def test_png_alpha_comes_back_bit_for_bit(model, city16, tmp_path, depth, matte):
     sources = rgba_frames(city16, tmp_path / "frames", depth)
-    mattes = write_mattes(tmp_path / "matte", 4) if matte else []
-    code, events = run_in_process(
-        model,
-        frames=sources,
-        output=str(tmp_path / "out"),
-        cache_dir=str(tmp_path / "cache"),
-        prompt="a watercolor painting",
-        matte=mattes,
-        matte_feather=FEATHER,
-    )
-    assert code == 0, events.getvalue()
-    written = events.events("done")[0]["files"]
+    written = watercolor(model, sources, tmp_path, write_mattes(tmp_path / "matte", 4) if matte else [])
     for source, result in zip(sources, written, strict=True):
         src = cv2.imread(source, cv2.IMREAD_UNCHANGED)
         out = cv2.imread(result, cv2.IMREAD_UNCHANGED)

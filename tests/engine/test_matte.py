@@ -51,6 +51,22 @@ def read_any(path: str) -> np.ndarray:
     return cv2.imread(path, cv2.IMREAD_UNCHANGED)
 
 
+def watercolor(model, frames: list[str], tmp_path: Path, mattes: list[str], **fields) -> list[str]:
+    """Edit `frames` ("a watercolor painting") inside the feathered `mattes`; the written files."""
+    code, events = run_in_process(
+        model,
+        frames=frames,
+        output=str(tmp_path / "out"),
+        cache_dir=str(tmp_path / "cache"),
+        prompt="a watercolor painting",
+        matte=mattes,
+        matte_feather=FEATHER,
+        **fields,
+    )
+    assert code == 0, events.getvalue()
+    return events.events("done")[0]["files"]
+
+
 def make_frames(kind: str, city16, folder: Path) -> tuple[list[str], dict]:
     """Four frames of the clip as 8/16-bit PNG or half/float EXR, and the job's colour fields."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -78,19 +94,7 @@ def make_frames(kind: str, city16, folder: Path) -> tuple[list[str], dict]:
 @pytest.mark.parametrize("kind", ["png8", "png16", "exr-half", "exr-float"])
 def test_outside_the_matte_the_source_is_kept_bit_for_bit(model, city16, tmp_path, kind):
     frames, fields = make_frames(kind, city16, tmp_path / "frames")
-    mattes = write_mattes(tmp_path / "matte", 4)
-    code, events = run_in_process(
-        model,
-        frames=frames,
-        output=str(tmp_path / "out"),
-        cache_dir=str(tmp_path / "cache"),
-        prompt="a watercolor painting",
-        matte=mattes,
-        matte_feather=FEATHER,
-        **fields,
-    )
-    assert code == 0, events.getvalue()
-    files = events.events("done")[0]["files"]
+    files = watercolor(model, frames, tmp_path, write_mattes(tmp_path / "matte", 4), **fields)
     for i, (source, written) in enumerate(zip(frames, files, strict=True)):
         src, out = read_any(source), read_any(written)
         assert out.dtype == src.dtype and out.shape == src.shape
