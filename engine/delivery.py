@@ -73,7 +73,7 @@ class Delivery:
         if self.plain and not plates.is_plate(frame.path):
             frames.write_png(folder / name, rgb, frame.bit_depth, frame.load_alpha())
             return name
-        source = frame.load()  # the source's own decoded values, in its colour space
+        source, alpha = frame.load_with_alpha()  # the source's own decoded values, in its colour space
         out = rgb
         if self.colour is not None:
             out = self.colour.from_working(colours.reapply_excess(rgb, self.colour.to_working(source)))
@@ -83,7 +83,7 @@ class Delivery:
             plate = plates.read(frame.path)
             plates.write(folder / name, plate, out, self.colour.colorspace if self.colour else "")
         else:
-            frames.write_png(folder / name, out, frame.bit_depth, frame.load_alpha())
+            frames.write_png(folder / name, out, frame.bit_depth, alpha)
         return name
 
     def describe(self) -> dict[str, object]:

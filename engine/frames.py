@@ -56,7 +56,12 @@ class Frame:
 
     def load_alpha(self) -> np.ndarray | None:
         """The alpha channel as stored (H x W, uint8 or uint16), or None without one."""
-        return _decode(self.path, self._bytes())[2] if self.alpha else None
+        return self.load_with_alpha()[1] if self.alpha else None
+
+    def load_with_alpha(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`load` and :meth:`load_alpha` from one read and one decode of the file."""
+        rgb, _depth, alpha = _decode(self.path, self._bytes())
+        return rgb, alpha
 
     def _bytes(self) -> bytes:
         try:
