@@ -18,6 +18,20 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "$venv"; exit 0
 fi
 rm -rf "$venv"
+# Refuse before any download when the disk cannot hold the environment: a pip install that runs out
+# of space half-way leaves a broken venv and an OSError far from its cause. Sizes measured here
+# (installed, plus pip's unpacking room): engine 1.8 GB, each bpy module 1.0 GB.
+case "$name" in engine) need_mb=4000 ;; *) need_mb=2500 ;; esac
+need_mb="${TOKENFLOW_ENV_NEED_MB:-$need_mb}"
+mkdir -p "$root/.venvs"
+for dir in "$root/.venvs" "${TMPDIR:-/tmp}"; do
+  free_mb=$(( $(df -Pk "$dir" | awk 'NR == 2 {print $4}') / 1024 ))
+  if [ "$free_mb" -lt "$need_mb" ]; then
+    echo "setup_env.sh $name: not enough disk space in $dir: $free_mb MB free, about $need_mb MB needed." >&2
+    echo "  Free space on that disk (old clones' .venvs folders, /tmp) and run again." >&2
+    exit 3
+  fi
+done
 "$py" -m venv "$venv"
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" --upgrade pip >&2
