@@ -29,7 +29,11 @@ def _run(root: Path, need_mb: int) -> subprocess.CompletedProcess[str]:
     fake.chmod(0o755)
     env = {"PATH": "/usr/bin:/bin", "TOKENFLOW_ENV_NEED_MB": str(need_mb), "PYTHON": str(fake)}
     return subprocess.run(
-        ["bash", "scripts/setup_env.sh", "bpy-4.2"], cwd=root, env=env, capture_output=True, text=True,
+        ["bash", "scripts/setup_env.sh", "bpy-4.2"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
 
