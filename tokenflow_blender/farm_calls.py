@@ -26,18 +26,28 @@ import time
 from typing import Any
 
 if __package__:
-    from . import flamenco
+    from . import flamenco, ocio_share
 else:  # run as a script by Call: this folder is on sys.path
     import flamenco  # type: ignore[no-redef]
+    import ocio_share  # type: ignore[no-redef]
 
 CANCEL_FILE = "cancel"  # in the call's folder: the parent wants no job submitted any more
 
 
 # --- the phases (child side) -----------------------------------------------------------------------
 def submit(
-    client: flamenco.Client, folder: str, job: dict[str, Any], worker_tag: str, job_file: str, job_text: str
+    client: flamenco.Client,
+    folder: str,
+    job: dict[str, Any],
+    worker_tag: str,
+    job_file: str,
+    job_text: str,
+    ocio_home: str = "",
 ) -> list[Any]:
-    """Check the Manager and its job type, write the engine job file, submit; [job as sent, Job]."""
+    """Check the Manager and its job type, write the engine job file, submit; [job as sent, Job].
+
+    With `ocio_home`, the job's OCIO config is first copied there (ocio_share) and the job file names
+    the copy: the workers cannot read a config inside this Blender's installation."""
     client.version()
     job_type = client.job_type()
     known = {s.get("key") for s in job_type.get("settings") or [] if isinstance(s, dict)}
@@ -55,6 +65,10 @@ def submit(
         job["worker_tag"] = client.worker_tag_id(worker_tag)
     if os.path.exists(os.path.join(folder, CANCEL_FILE)):  # cancelled while we asked around
         raise flamenco.FlamencoError("cancelled before submitting")
+    try:
+        job_text = ocio_share.share_job(job_text, ocio_home)
+    except ocio_share.ShareError as exc:
+        raise flamenco.FlamencoError(str(exc)) from exc
     _write_job_file(job_file, job_text)
     try:
         answer = client.submit(job)

@@ -21,7 +21,7 @@ from typing import Any
 import bpy
 
 from ..engine import protocol
-from . import compat, controller, farm_task, flamenco, jobs, planning, preferences, strips, takes
+from . import compat, controller, farm_task, flamenco, jobs, ocio_share, planning, preferences, strips, takes
 from .jobs import SLOT_FARM, UserError
 
 JOB_SUFFIX = ".job.json"  # the engine job file sits beside the output folder it describes
@@ -60,6 +60,15 @@ def new_output(parent: str, source: str, prompt: str) -> str:
         n += 1
         candidate = f"{base}-{n}"
     return candidate
+
+
+def ocio_home(config: str, output: str) -> str:
+    """Where the farm task shares the job's OCIO config with the workers: beside the output folder
+    when the config is the one inside this Blender's installation; '' for a studio config ($OCIO),
+    which must already be on storage the workers see, like the model."""
+    if not ocio_share.is_bundled(config, bpy.utils.resource_path("LOCAL")):
+        return ""
+    return os.path.join(os.path.dirname(output), ocio_share.FOLDER)
 
 
 def _metadata(scene: Any, shot: strips.Shot) -> dict[str, str]:
@@ -132,6 +141,7 @@ def start_farm(context: Any) -> farm_task.FarmTask:
         on_event=_show,
         on_finish=_on_finish,
         context=jobs.result_context(scene, shot, job.prompt, protocol.STAGE_PROPAGATE),
+        ocio_home=ocio_home(job.ocio_config, output),
     )
     st = jobs.state()
     st.error = ""

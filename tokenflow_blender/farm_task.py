@@ -47,6 +47,7 @@ class FarmTask:
     on_event: Callable[[FarmTask], None] | None = None
     on_finish: Callable[[FarmTask], None] | None = None
     context: dict[str, Any] = field(default_factory=dict)  # what the caller needs at the end
+    ocio_home: str = ""  # where the job's OCIO config is shared for the workers ('' : it already is)
 
     kind: str = "farm"
     state: str = PENDING
@@ -78,7 +79,9 @@ class FarmTask:
         self.state = RUNNING
         self.stage = "submitting"
         self.message = f"Contacting the Flamenco Manager at {self.client.url}..."
-        self._call = self._request("submit", self.job, self.worker_tag, self.job_file, self.job_text)
+        self._call = self._request(
+            "submit", self.job, self.worker_tag, self.job_file, self.job_text, self.ocio_home
+        )
         return self
 
     def tick(self) -> bool:

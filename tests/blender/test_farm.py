@@ -180,6 +180,13 @@ def test_submit_run_on_the_farm_and_import(farm, scene, assets, manager, tmp_pat
     assert (job.stage, job.device, job.evaluate, job.frame_range) == ("propagate", "auto", False, None)
     assert (job.prompt, job.model, job.steps, job.size) == (settings["prompt"], settings["model"], 2, 64)
     assert job.cache_dir == settings["cache_dir"] == str(cache)
+    # The workers run only the engine's Python: the job names a checked copy of Blender's own OCIO
+    # config on the shared output storage, not the config inside this Blender's installation.
+    shared_config = Path(job.ocio_config)
+    assert shared_config.parent.parent == out / "tokenflow-ocio" and shared_config.name == "config.ocio"
+    bundled = Path(bpy.utils.resource_path("LOCAL"), "datafiles", "colormanagement")
+    assert shared_config.read_bytes() == (bundled / "config.ocio").read_bytes()
+    assert (shared_config.parent / "luts").is_dir()
     st = _state()
     assert (st.farm_status, st.farm_stage, st.farm_job_id) == ("RUNNING", "queued", task.job_id)
 
@@ -205,6 +212,7 @@ def test_submit_run_on_the_farm_and_import(farm, scene, assets, manager, tmp_pat
     assert [e.filename for e in result.elements] == [f.stem + ".png" for f in frames]
     assert Path(bpy.path.abspath(result.directory)) == output
     manifest = json.loads((output / "tokenflow.json").read_text())
+    assert manifest["job"]["ocio_config"] == str(shared_config)
     keys = manifest["keyframes"]
     assert keys == task.result["keyframes"] and (keys[0], keys[-1], len(keys)) == (0, 11, 4)
     assert sorted((m.name, m.frame) for m in scene.timeline_markers) == sorted(
@@ -297,6 +305,18 @@ def test_manager_refuses_before_a_job_file_is_written(farm, scene, flat, tmp_pat
         assert fake.submitted == [] and list(out.iterdir()) == []
     finally:
         fake.close()
+
+
+def test_config_that_cannot_be_shared_stops_the_submission(farm, scene, flat, tmp_path, manager) -> None:
+    out = tmp_path / "shared"
+    _shot(scene, flat, out)
+    _prefs(manager.url)
+    (out / "tokenflow-ocio").write_text("a file where the shared config folder should go")
+    task = _submit(farm, scene)
+    error = _state().error
+    assert task.state == "ERROR" and "cannot copy Blender's colour config" in error, error
+    assert str(out / "tokenflow-ocio") in error and "writable shared storage" in error
+    assert manager.submitted == [] and sorted(p.name for p in out.iterdir()) == ["tokenflow-ocio"]
 
 
 def _refused(tf, scene: Any, match: str) -> str:
