@@ -2,12 +2,14 @@
 
 Every job names the OCIO config its colour space comes from. With `$OCIO` unset that is the config
 inside this Blender's installation, a path farm workers (which run only the engine's Python) do not
-have. A farm job therefore gets a copy of the config's folder (config.ocio and the LUT folders it
-searches; 20-24 MB) under the shared output folder, named by a digest of its files so that one copy
+have. A farm job therefore gets a copy of the config's folder (config.ocio and its LUT folders;
+20-24 MB) under the shared output folder, named by a digest of its files so that one copy
 serves every job made with the same Blender. A copy is checked file by file (size and sha256 against
 its listing) before it is used; a damaged or partial one is replaced, never trusted. A copy is built
 in a hidden temporary folder and renamed into place whole, so a full disk or a killed process leaves
-no half copy under the final name. Stdlib only: it runs in the farm task's child process.
+no half copy under the final name; such leftovers are removed by a later submission once they are
+an hour old (a younger one may be another submission's copy in progress). Stdlib only: it runs in the
+farm task's child process.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import json
 import os
 import shutil
 import tempfile
+import time
 
 FOLDER = "tokenflow-ocio"  # under the farm job's output parent
 LISTING = ".tokenflow-listing.json"  # written last: a copy without it is incomplete
+LEFTOVER_PREFIXES = (".partial-", ".damaged-")
+LEFTOVER_AGE = 3600.0  # seconds
 
 
 class ShareError(OSError):
@@ -82,6 +87,18 @@ def intact(copy: str, files: dict[str, list[object]]) -> bool:
         return False
 
 
+def remove_leftovers(home: str, now: float | None = None) -> list[str]:
+    """Remove temporary folders of killed submissions (an hour old or more); their names."""
+    now = time.time() if now is None else now
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(home):
+            if entry.name.startswith(LEFTOVER_PREFIXES) and now - entry.stat().st_mtime >= LEFTOVER_AGE:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.name)
+    return removed
+
+
 def share(config: str, home: str) -> str:
     """The path of a checked copy of `config` (and everything in its folder) under `home`."""
     source = os.path.dirname(os.path.abspath(config))
@@ -91,6 +108,7 @@ def share(config: str, home: str) -> str:
         raise ShareError(f"cannot read the OCIO config folder {source}: {exc.strerror or exc}") from exc
     copy = os.path.join(home, _digest(files))
     shared = os.path.join(copy, os.path.basename(config))
+    remove_leftovers(home)
     if intact(copy, files):
         return shared
     tmp = ""

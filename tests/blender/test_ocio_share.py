@@ -100,6 +100,19 @@ def test_a_full_disk_leaves_no_partial_copy(share, tmp_path, monkeypatch) -> Non
     assert list(home.iterdir()) == [], "nothing half-copied under any name"
 
 
+def test_a_killed_submissions_leftovers_are_removed_once_old(share, tmp_path) -> None:
+    config = _config(tmp_path / "blender" / "colormanagement")
+    home = tmp_path / "shared"
+    old, young = home / ".partial-killed", home / ".partial-in-progress"
+    for folder in (old, young):
+        (folder / "luts").mkdir(parents=True)
+        (folder / "luts" / "a.spi1d").write_bytes(b"half")
+    hour_ago = os.path.getmtime(young) - share.LEFTOVER_AGE - 1
+    os.utime(old, (hour_ago, hour_ago))
+    copy = Path(share.share(str(config), str(home))).parent
+    assert sorted(p.name for p in home.iterdir()) == sorted([copy.name, young.name])
+
+
 def test_share_job_rewrites_only_the_config(share, tmp_path) -> None:
     config = _config(tmp_path / "blender" / "colormanagement")
     text = json.dumps({"frames": ["/s/a.png"], "ocio_config": str(config), "colorspace": "sRGB"})
