@@ -1,5 +1,7 @@
 """Convert to Image Sequence: Blender renders a movie strip's visible frames to a new folder of
 frame files and adds them as an image strip above it, aligned frame for frame and made active.
+The same for an image sequence Blender reads but the engine does not (DPX and Cineon scans,
+Radiance HDR): Blender decodes them in the strip's colour space and writes OpenEXR.
 
 Blender itself decodes the movie, so the frames are exactly what the timeline shows (trims,
 offsets, speed, the strip's colour space); PNG for display-referred footage, half-float EXR (scene
@@ -7,7 +9,7 @@ linear) for footage read in a linear, log or HDR colour space. One frame is rend
 :meth:`ConvertTask.tick` (the job timer calls it; tests call it) so the UI stays responsive and
 Cancel works between frames. Frames are written into a hidden temporary folder beside the
 destination and renamed into place only when all are there; a cancelled or failed conversion
-leaves no folder and no strip. The movie file and the movie strip are never modified.
+leaves no folder and no strip. The movie file (or the frame files) and the source strip are never modified.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import bpy
 
-from . import colour, compat, controller, jobs, planning, strip_render, strips
+from . import colour, compat, controller, imageinfo, jobs, planning, strip_render, strips
 
 RUNNING, DONE, ERROR, CANCELLED = controller.RUNNING, controller.DONE, controller.ERROR, controller.CANCELLED
 
@@ -30,11 +32,35 @@ class ConvertError(ValueError):
     """The strip cannot be converted; the message says why and what to do."""
 
 
+def convertible(strip: Any) -> bool:
+    """A movie strip, or an image strip of frames Blender reads and the engine does not (DPX, ...)."""
+    kind = getattr(strip, "type", "")
+    if kind in MOVIE_TYPES:
+        return True
+    if kind != "IMAGE" or not len(strip.elements):
+        return False
+    return os.path.splitext(strip.elements[0].filename)[1].lower() in imageinfo.FLOAT_FORMATS
+
+
 def strip_name(movie: str, limit: int = 61) -> str:
     """The image strip's name: the movie strip's, marked as frames (strip names hold 61 bytes)."""
     suffix = " frames"
     encoded = movie.encode("utf-8")[: limit - len(suffix)]
     return encoded.decode("utf-8", "ignore").rstrip() + suffix
+
+
+def _frames_facts(strip: Any) -> tuple[str, int, int, str]:
+    """First frame, pixel size and colour space of an image strip; every visible frame must exist
+    (Blender would render a missing one as an empty frame without a word)."""
+    try:
+        paths = strips.visible_frames(strip)
+    except strips.SourceError as exc:
+        raise ConvertError(str(exc)) from exc
+    for path in paths:
+        if not os.path.isfile(path):
+            raise ConvertError(f"the frame file {path} of '{strip.name}' is missing; relink the strip")
+    elem = strip.elements[0]
+    return paths[0], elem.orig_width, elem.orig_height, strip.colorspace_settings.name
 
 
 def _movie_facts(strip: Any) -> tuple[str, int, int, str]:
@@ -68,16 +94,19 @@ class ConvertTask:
     def __init__(self, scene: Any, strip: Any, parent: str) -> None:
         if strip is None:
             raise ConvertError("no active strip: select the movie strip to convert in the Sequencer")
-        if strip.type not in MOVIE_TYPES:
+        if not convertible(strip):
             raise ConvertError(
-                f"'{strip.name}' is not a movie strip (it is {strip.type.lower()}); Convert to Image "
-                "Sequence works on a movie strip"
+                f"'{strip.name}' is not a movie strip (it is {strip.type.lower()}) or a sequence of "
+                f"{', '.join(imageinfo.FLOAT_FORMATS)} frames; Convert to Image Sequence works on those"
             )
-        movie, width, height, colorspace = _movie_facts(strip)
+        frames = strip.type == "IMAGE"
+        movie, width, height, colorspace = _frames_facts(strip) if frames else _movie_facts(strip)
         if not os.path.isfile(movie):
             raise ConvertError(f"the movie file {movie} of '{strip.name}' is missing; relink the strip")
         if width <= 0 or height <= 0:
-            raise ConvertError(f"Blender cannot read the size of {movie}; check that the movie plays")
+            raise ConvertError(
+                f"Blender cannot read the size of {movie}; check that it shows in the Sequencer"
+            )
         config = colour.load_config(strips.ocio_config())
         try:
             space = config.resolve(colorspace)
@@ -85,6 +114,7 @@ class ConvertTask:
             raise ConvertError(f"'{strip.name}': {exc}") from exc
         self.is_float = not planning.is_display_referred(space)
         self.ext = ".exr" if self.is_float else ".png"
+        self.png_depth = "16" if frames else "8"  # scans hold 10 bits or more; movies 8
         # EXR is written in the scene-linear space; PNG through the Standard view to the sRGB display.
         self.colorspace = config.scene_linear if self.is_float else "sRGB"
         self.scene_name = scene.name
@@ -120,7 +150,7 @@ class ConvertTask:
         scene = self._scene()
         os.makedirs(self.temp, exist_ok=False)
         try:
-            fmt = ("OPEN_EXR", "16", "RGBA") if self.is_float else ("PNG", "8", "RGB")
+            fmt = ("OPEN_EXR", "16", "RGBA") if self.is_float else ("PNG", self.png_depth, "RGB")
             self._iso = strip_render.IsolatedStrip(scene, self.source, *self.size, *fmt)
         except Exception:
             shutil.rmtree(self.temp, ignore_errors=True)

@@ -196,7 +196,10 @@ def check_frames(paths: Sequence[str]) -> ImageInfo:
         ext = os.path.splitext(path)[1].lower()
         name = os.path.basename(path)
         if ext in FLOAT_FORMATS:
-            raise FrameError(f"{name} is a float / log file ({ext}) the engine cannot read; {HOW_TO_CONVERT}")
+            raise FrameError(
+                f"{name} is a float / log file ({ext}) the engine cannot read; press Convert to Image "
+                f"Sequence in the TokenFlow panel (Blender renders the strip as OpenEXR), or {HOW_TO_CONVERT}"
+            )
         if not os.path.isfile(path):
             raise FrameError(f"frame file {path} is missing; the strip refers to a file that is not there")
         info = read_info(path)

@@ -204,8 +204,8 @@ class PREFERENCES_OT_tokenflow_check_engine(bpy.types.Operator):
 
 class SEQUENCER_OT_tokenflow_convert_movie(bpy.types.Operator):
     """Render the active movie strip's visible frames (trims, offsets, speed, colour space as the
-    timeline shows them) to a new folder of PNG frames under Output, and add them as an image strip
-    above it. The movie and its strip are not changed"""
+    timeline shows them), or a DPX, Cineon or HDR sequence's, to a new folder of PNG or OpenEXR
+    frames under Output, and add them as an image strip above it. The source is not changed"""
 
     bl_idname = "sequencer.tokenflow_convert_movie"
     bl_label = "Convert to Image Sequence"
@@ -225,7 +225,7 @@ class SEQUENCER_OT_tokenflow_convert_movie(bpy.types.Operator):
 
 
 class SEQUENCER_OT_tokenflow_cancel_convert(bpy.types.Operator):
-    """Stop converting the movie strip; nothing is added and the frames written so far are removed"""
+    """Stop converting the strip; nothing is added and the frames written so far are removed"""
 
     bl_idname = "sequencer.tokenflow_cancel_convert"
     bl_label = "Cancel Conversion"

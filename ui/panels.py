@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from ..tokenflow_blender import compat, controller, jobs, preferences, warm
+from ..tokenflow_blender import compat, controller, convert, jobs, preferences, warm
 
 
 class _TokenFlowPanel:
@@ -159,16 +159,19 @@ class SEQUENCER_PT_tokenflow_matte(_TokenFlowPanel, bpy.types.Panel):
 
 
 def _draw_convert(layout: bpy.types.UILayout, strip: object) -> None:
-    """Convert to Image Sequence: offered for a movie strip, with progress and cancel while it runs."""
+    """Convert to Image Sequence: offered for a movie strip and for frames only Blender reads (DPX,
+    Cineon, HDR), with progress and cancel while it runs."""
     task = controller.get(jobs.SLOT_CONVERT)
     if task is not None and task.running:
         box = layout.box()
         box.progress(factor=task.progress, type="BAR", text=task.message[:120])
         box.operator("sequencer.tokenflow_cancel_convert", icon="CANCEL")
         return
-    if strip is not None and getattr(strip, "type", "") in ("MOVIE", "MOVIECLIP"):
+    if strip is not None and convert.convertible(strip):
         box = layout.box()
-        box.label(text="TokenFlow edits image sequences", icon="INFO")
+        movie = getattr(strip, "type", "") != "IMAGE"
+        text = "TokenFlow edits image sequences" if movie else "TokenFlow reads PNG, JPEG, TIFF and EXR"
+        box.label(text=text, icon="INFO")
         box.operator("sequencer.tokenflow_convert_movie", icon="RENDER_ANIMATION")
     if task is not None and task.message:
         icon = {"DONE": "CHECKMARK", "ERROR": "ERROR"}.get(task.state, "INFO")

@@ -219,3 +219,88 @@ def test_convert_a_movie_clip_strip(tf, scene, movie, tmp_path) -> None:
         assert distances.index(min(distances)) == 3 and min(distances) < 0.01
     finally:
         bpy.data.movieclips.remove(clip)
+
+
+# --- DPX scans: Blender reads them, the engine does not; Convert renders them as OpenEXR -------------
+def _write_dpx(folder: Path, count: int, width: int = 48, height: int = 32) -> list[Path]:
+    """10-bit DPX frames written by Blender: a horizontal ramp whose level rises frame by frame."""
+    folder.mkdir(parents=True)
+    scene = bpy.data.scenes.new("dpx-writer")
+    try:
+        settings = scene.render.image_settings
+        settings.file_format, settings.color_depth = "DPX", "10"
+        paths = []
+        for i in range(count):
+            img = bpy.data.images.new(f"dpx{i}", width, height, float_buffer=True)
+            img.colorspace_settings.name = "Linear Rec.709"
+            ramp = [(x / width) * (0.5 + 0.1 * i) for x in range(width)]
+            img.pixels.foreach_set(
+                array.array("f", [v for _ in range(height) for r in ramp for v in (r, r, r, 1)])
+            )
+            path = folder / f"scan_{i:04d}.dpx"
+            img.save_render(str(path), scene=scene)
+            bpy.data.images.remove(img)
+            paths.append(path)
+        return paths
+    finally:
+        bpy.data.scenes.remove(scene)
+
+
+def _shown(path: Path, colorspace: str) -> float:
+    """The mean scene-linear value Blender decodes from a frame file in a colour space."""
+    img = bpy.data.images.load(str(path))
+    try:
+        img.colorspace_settings.name = colorspace
+        buf = array.array("f", [0.0]) * (img.size[0] * img.size[1] * 4)
+        img.pixels.foreach_get(buf)
+    finally:
+        bpy.data.images.remove(img)
+    rgb = [v for i, v in enumerate(buf) if i % 4 != 3]
+    return sum(rgb) / len(rgb)
+
+
+def test_dpx_scans_become_exr(tf, scene, tmp_path) -> None:
+    from .test_ui import _context, _draw
+
+    scans = _write_dpx(tmp_path / "scans", 4)
+    strip = add_image_strip(scene, scans, channel=2, start=5, name="scan")
+    strip.colorspace_settings.name = "Linear Rec.709"
+    strip.frame_offset_start = 1  # three frames show: scans 1-3
+    before = digest(scans)
+    # The engine cannot read DPX; the refusal says how to convert, and the panel offers it.
+    with pytest.raises(tf.strips.SourceError, match="press Convert to Image Sequence in the TokenFlow panel"):
+        tf.strips.read_shot(strip)
+    assert ("operator", "sequencer.tokenflow_convert_movie") in _draw(
+        bpy.types.SEQUENCER_PT_tokenflow, _context(scene)
+    )
+    scene.tokenflow.output_dir = str(tmp_path / "out") + os.sep
+    assert run_op("sequencer.tokenflow_convert_movie", scene) == {"FINISHED"}
+    task = wait(tf, slot="convert", timeout=120)
+    assert task.state == "DONE", task.message
+    result = scene.sequence_editor.active_strip
+    assert result.name == "scan frames" and result.channel == 3
+    assert (result.frame_final_start, result.frame_final_end) == (6, 9)
+    assert result.colorspace_settings.name == "Linear Rec.709"
+    folder = Path(bpy.path.abspath(result.directory))
+    files = [e.filename for e in result.elements]
+    assert len(files) == 3 and all(f.endswith(".exr") for f in files)
+    info = tf.imageinfo.read_info(str(folder / files[0]))
+    assert (info.format, info.width, info.height, info.bit_depth) == ("exr", 48, 32, 16)
+    # Each EXR frame holds what Blender shows for the scan at that frame (scans 1, 2, 3).
+    for scan, name in zip(scans[1:], files, strict=True):
+        expected = _shown(scan, "Linear Rec.709")
+        assert abs(_shown(folder / name, "Linear Rec.709") - expected) < 0.003, (scan.name, name)
+    assert digest(scans) == before, "the scans must stay byte-identical"
+    assert tf.strips.read_shot(result).frames == [str(folder / n) for n in files]
+
+
+def test_dpx_with_a_missing_frame_is_refused(tf, scene, tmp_path) -> None:
+    scans = _write_dpx(tmp_path / "scans", 3)
+    add_image_strip(scene, scans, name="scan")
+    scans[1].unlink()
+    scene.tokenflow.output_dir = str(tmp_path / "out") + os.sep
+    before = snapshot(scene)
+    with pytest.raises(RuntimeError, match="scan_0001.dpx of 'scan' is missing; relink the strip"):
+        run_op("sequencer.tokenflow_convert_movie", scene)
+    assert snapshot(scene) == before and tf.controller.running("convert") is None
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
