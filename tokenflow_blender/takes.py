@@ -302,8 +302,10 @@ def format_seconds(seconds: float | None) -> str:
 def inversion_known(
     takes: Iterable[Take], frames: Sequence[str], settings: dict[str, Any], model: str, stage: str
 ) -> bool:
-    """Whether an earlier take read these frames with the same model, size, steps and source prompt,
-    so that the inversion comes from the cache (a shot inverted every frame, a preview its keyframes)."""
+    """Whether an earlier take read these frames with the same model, size, steps, inversion steps,
+    source prompt and (when `settings` names it) colour space, so that the inversion comes from the
+    cache (a shot inverted every frame, a preview its keyframes). The engine's cache key holds the
+    decoded pixels, so another colour space is another inversion."""
     wanted = set(frames)
     for t in takes:
         j = t.job
@@ -311,7 +313,9 @@ def inversion_known(
             j.get("model") == model
             and j.get("size") == settings.get("size")
             and j.get("steps") == settings.get("steps")
+            and (j.get("inversion_steps") or 0) == (settings.get("inversion_steps") or 0)
             and j.get("source_prompt") == settings.get("source_prompt")
+            and ("colorspace" not in settings or (j.get("colorspace") or "") == settings["colorspace"])
         )
         if same and wanted <= set(j.get("frames") or []) and (t.kind == SHOT or stage == "preview"):
             return True

@@ -372,12 +372,24 @@ def estimate_line(context: Any, scene: Any) -> str:
     if measured is None or n == 0:
         return "Estimate: unknown (no earlier run with this model and working size)"
     frames = _frames_of(strip)
+    settings["colorspace"] = _colorspace_of(strip)
     parts = []
     for stage, label in ((protocol.STAGE_PREVIEW, "Preview"), (protocol.STAGE_PROPAGATE, "Propagate")):
         cached = takes.inversion_known(found, frames, settings, model, stage)
         seconds = takes.estimate(measured, stage, n, settings, inverted=cached)
         parts.append(f"{label} {takes.format_seconds(seconds)}")
     return "Estimate: " + ", ".join(parts)
+
+
+def _colorspace_of(strip: Any) -> str:
+    """The strip's colour space as the job names it (the OCIO config's name; jobs.build_job)."""
+    name = strip.colorspace_settings.name
+    try:
+        from . import colour, strips
+
+        return colour.load_config(strips.ocio_config()).resolve(name) or name
+    except Exception:  # no readable config: the name Blender shows
+        return name
 
 
 def _frames_of(strip: Any) -> list[str]:

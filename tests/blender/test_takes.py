@@ -132,6 +132,8 @@ def test_variations_then_restore_and_propagate_the_first(tf, shot) -> None:
     log = _draw_rows("SEQUENCER_PT_tokenflow_takes", _ctx_with_strip(scene, shot["strip"]))
     labels = [text for kind, text in log if kind == "label"]
     assert any(t.startswith("Estimate: Preview ~") and "Propagate ~" in t for t in labels), labels
+    # the estimate knows the shot's inversion is cached: it names the colour space as the job did
+    assert takes_ops._colorspace_of(shot["strip"]) == shot_take.job["colorspace"] == "sRGB"
     assert "Takes of city" in labels and f"Prompt: {PROMPTS[0]}" in labels
     ops = {name for kind, name in log if kind == "operator"}
     assert {"sequencer.tokenflow_restore_take", "sequencer.tokenflow_solo_take"} <= ops

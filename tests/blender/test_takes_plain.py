@@ -159,6 +159,12 @@ def test_speed_and_estimates_from_earlier_runs(takes, tmp_path) -> None:
     assert not takes.inversion_known(found[:1], frames, s, "/models/tiny", "propagate")  # a preview only
     assert takes.inversion_known(found[:1], frames, s, "/models/tiny", "preview")
     assert not takes.inversion_known(found, frames, {**s, "steps": 50}, "/models/tiny", "preview")
+    # another colour space decodes other pixels, another inversion step count is another inversion
+    srgb = [takes.read_take(str(_write(tmp_path / "d", _job(stage="propagate", colorspace="sRGB"))))]
+    assert takes.inversion_known(srgb, frames, {**s, "colorspace": "sRGB"}, "/models/tiny", "propagate")
+    assert not takes.inversion_known(srgb, frames, {**s, "colorspace": "ACEScg"}, "/models/tiny", "preview")
+    assert not takes.inversion_known(srgb, frames, {**s, "inversion_steps": 50}, "/models/tiny", "preview")
+    assert takes.inversion_known(srgb, frames, {**s, "inversion_steps": 0}, "/models/tiny", "preview")
 
 
 def test_variation_specs(takes) -> None:
