@@ -304,3 +304,20 @@ def test_dpx_with_a_missing_frame_is_refused(tf, scene, tmp_path) -> None:
         run_op("sequencer.tokenflow_convert_movie", scene)
     assert snapshot(scene) == before and tf.controller.running("convert") is None
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_dpx_read_as_a_display_space_becomes_16_bit_png(tf, scene, tmp_path) -> None:
+    """Scans hold 10 bits or more: a display-referred scan is not cut to 8 bits."""
+    scans = _write_dpx(tmp_path / "scans", 2)
+    strip = add_image_strip(scene, scans, name="scan")  # read as sRGB
+    scene.tokenflow.output_dir = str(tmp_path / "out") + os.sep
+    assert run_op("sequencer.tokenflow_convert_movie", scene) == {"FINISHED"}
+    task = wait(tf, slot="convert", timeout=120)
+    assert task.state == "DONE", task.message
+    result = scene.sequence_editor.active_strip
+    assert result != strip and result.colorspace_settings.name == "sRGB"
+    folder = Path(bpy.path.abspath(result.directory))
+    info = tf.imageinfo.read_info(str(folder / result.elements[0].filename))
+    assert (info.format, info.width, info.height, info.bit_depth) == ("png", 48, 32, 16)
+    for scan, elem in zip(scans, result.elements, strict=True):
+        assert abs(_shown(folder / elem.filename, "sRGB") - _shown(scan, "sRGB")) < 0.003
