@@ -100,13 +100,11 @@ class ConvertTask:
                 f"{', '.join(imageinfo.FLOAT_FORMATS)} frames; Convert to Image Sequence works on those"
             )
         frames = strip.type == "IMAGE"
-        movie, width, height, colorspace = _frames_facts(strip) if frames else _movie_facts(strip)
-        if not os.path.isfile(movie):
-            raise ConvertError(f"the movie file {movie} of '{strip.name}' is missing; relink the strip")
+        path, width, height, colorspace = _frames_facts(strip) if frames else _movie_facts(strip)
+        if not os.path.isfile(path):
+            raise ConvertError(f"the movie file {path} of '{strip.name}' is missing; relink the strip")
         if width <= 0 or height <= 0:
-            raise ConvertError(
-                f"Blender cannot read the size of {movie}; check that it shows in the Sequencer"
-            )
+            raise ConvertError(f"Blender cannot read the size of {path}; check it shows in the Sequencer")
         config = colour.load_config(strips.ocio_config())
         try:
             space = config.resolve(colorspace)
