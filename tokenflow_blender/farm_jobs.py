@@ -21,7 +21,19 @@ from typing import Any
 import bpy
 
 from ..engine import protocol
-from . import compat, controller, farm_task, flamenco, jobs, ocio_share, planning, preferences, strips, takes
+from . import (
+    compat,
+    controller,
+    farm_task,
+    flamenco,
+    jobs,
+    mattes,
+    ocio_share,
+    planning,
+    preferences,
+    strips,
+    takes,
+)
 from .jobs import SLOT_FARM, UserError
 
 JOB_SUFFIX = ".job.json"  # the engine job file sits beside the output folder it describes
@@ -62,6 +74,26 @@ def new_output(parent: str, source: str, prompt: str) -> str:
     return candidate
 
 
+def farm_matte(scene: Any, shot: strips.Shot) -> list[str]:
+    """The matte files of the scene's matte strip for a farm job, or [] without a matte. The workers
+    read an image strip's own files (on shared storage, like the source frames); a Mask or movie
+    matte would be rendered by this Blender, frame by frame, which a farm job cannot wait for."""
+    name = scene.tokenflow.matte.strip()
+    if not name:
+        return []
+    try:
+        matte = mattes.plan(scene, shot, name, "", scene.tokenflow.matte_channel)
+    except mattes.MatteError as exc:
+        raise UserError(str(exc)) from exc
+    if matte.render is not None:
+        raise UserError(
+            f"the matte '{name}' is a {strips.find_strip(scene, name).type.lower()} strip, which Blender "
+            "renders on this computer; for a farm job render it to an image sequence on shared storage "
+            "and use that strip as the matte, or run Propagate here"
+        )
+    return list(matte.paths)
+
+
 def ocio_home(config: str, output: str) -> str:
     """Where the farm task shares the job's OCIO config with the workers: beside the output folder
     when the config is the one inside this Blender's installation; '' for a studio config ($OCIO),
@@ -96,8 +128,6 @@ def start_farm(context: Any) -> farm_task.FarmTask:
         raise UserError("the prompt is empty: describe the edit, e.g. 'a watercolor painting'")
     if settings.keyframe_mode == "resample":
         raise UserError(RESAMPLE_MESSAGE)
-    if settings.matte.strip():  # the farm splits the shot into chunks; mattes are not split yet
-        raise UserError("Submit to Farm does not take a matte yet: clear Matte or run Propagate here")
     try:
         url = flamenco.normalize_url(preferences.farm_manager_url())
     except flamenco.FlamencoError as exc:
@@ -111,7 +141,10 @@ def start_farm(context: Any) -> farm_task.FarmTask:
     except strips.SourceError as exc:
         raise UserError(str(exc)) from exc
     output = new_output(shared_output_parent(scene), shot.name, settings.prompt)
-    job = jobs.build_job(scene, shot, protocol.STAGE_PROPAGATE, output)
+    job = jobs.build_job(scene, shot, protocol.STAGE_PROPAGATE, output)  # the settings, checked first
+    matte = farm_matte(scene, shot)
+    if matte:
+        job = jobs.build_job(scene, shot, protocol.STAGE_PROPAGATE, output, matte)
     # The workers choose their own device; measuring is per chunk there, not the shot's.
     job = dataclasses.replace(job, device="auto", evaluate=False, cache_dir=preferences.farm_cache_dir())
     job.extra.update(takes.take_extra(scene.name, shot.name))  # the merged result is a take of the strip

@@ -51,3 +51,26 @@ def write_sequence(
         write_png(folder / f"{stem}_{i + 1:04d}.png", width, height, (i * 10 % 256, 80, 160))
         for i in range(count)
     ]
+
+
+def write_split(path: Path, width: int, height: int, white_columns: int) -> Path:
+    """An 8-bit grey PNG: white in the left `white_columns` columns, black elsewhere (a matte)."""
+    row = b"\x00" + b"\xff" * white_columns + b"\x00" * (width - white_columns)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
+    return path

@@ -4,6 +4,7 @@ Manager that is not running, a failed job, a cancel, and refusals before anythin
 
 from __future__ import annotations
 
+import array
 import json
 import os
 import platform
@@ -224,6 +225,55 @@ def test_submit_run_on_the_farm_and_import(farm, scene, assets, manager, tmp_pat
     pg = scene.tokenflow_takes
     listed = pg.takes[pg.index]
     assert (Path(listed.folder), listed.source, listed.kind) == (output, "city", "shot")
+
+
+def _rgb(path: Path) -> tuple[int, int, array.array]:
+    """Raw RGBA values of a PNG as Blender reads it without colour conversion (rows bottom-up)."""
+    img = bpy.data.images.load(str(path))
+    try:
+        img.colorspace_settings.name = "Non-Color"
+        width, height = img.size[0], img.size[1]
+        buf = array.array("f", [0.0]) * (width * height * 4)
+        img.pixels.foreach_get(buf)
+        return width, height, buf
+    finally:
+        bpy.data.images.remove(img)
+
+
+def test_a_farm_job_limited_by_an_image_matte(farm, scene, assets, manager, tmp_path) -> None:
+    """The matte's files go to the workers; every chunk keeps the source outside the matte."""
+    tf, frames = farm, assets["frames"]
+    out = tmp_path / "shared"
+    strip = _shot(scene, frames, out, model=str(assets["model"]))
+    roto = [pngs.write_split(tmp_path / "roto" / f"roto_{i + 1:04d}.png", 96, 54, 24) for i in range(12)]
+    add_image_strip(scene, roto, channel=CHANNEL + 2, start=START, name="roto")
+    scene.sequence_editor.active_strip = strip
+    scene.tokenflow.matte = "roto"
+    _prefs(manager.url)
+    task = _submit(tf, scene)
+    assert task.running and task.job_id, task.message
+    settings = manager.submitted[0]["settings"]
+    protocol = sys.modules[f"{MODULE}.engine.protocol"]
+    job = protocol.Job.from_json(Path(settings["job_file"]).read_text())
+    assert job.matte == [str(p) for p in roto] and job.matte_channel == "auto"
+    _run_farm_tasks(settings, tmp_path)  # two chunks: frames 0-7 and 8-11
+    manager.set_status(task.job_id, "completed")
+    _tick_until(tf, lambda: not task.running)
+    assert task.state == "DONE", task.message
+    output = Path(settings["output"])
+    changed = 0
+    for src in frames:
+        width, height, ref = _rgb(src)
+        _, _, got = _rgb(output / src.name)
+        for y in range(height):
+            row = y * width * 4
+            outside = slice(row + 48 * 4, row + width * 4)  # columns 48-95, far from the matte's 0-23
+            assert got[outside] == ref[outside], (src.name, y)
+            changed += sum(
+                abs(a - b) > 0.01
+                for a, b in zip(got[row : row + 24 * 4], ref[row : row + 24 * 4], strict=True)
+            )
+    assert changed > 100, "the edit changed nothing inside the matte"
 
 
 def test_manager_not_running(farm, scene, flat, tmp_path) -> None:

@@ -330,13 +330,19 @@ def test_matte_panel(tf, scene) -> None:
     assert not bpy.types.SEQUENCER_PT_tokenflow_matte.poll(SimpleNamespace(scene=None, sequencer_scene=None))
 
 
-def test_farm_refuses_a_matte(tf, scene, tmp_path) -> None:
-    """A farm job splits the shot into chunks; the matte would be dropped, so it is refused."""
+def test_farm_refuses_a_matte_blender_would_render(tf, scene, tmp_path) -> None:
+    """A Mask matte is rendered by this Blender frame by frame; a farm job cannot wait for that, so
+    it is refused with the way out (an image-sequence matte goes to the farm: test_farm.py)."""
     source = _source(scene, tmp_path)
-    add_image_strip(scene, pngs.write_sequence(tmp_path / "m", 12, 32, 24, stem="m"), 3, 9, "roto")
+    tf.compat.strips(scene.sequence_editor).new_mask("roto", _mask("roto", 0.0, 0.5), 3, 9)
     scene.sequence_editor.active_strip = source
     scene.tokenflow.prompt, scene.tokenflow.matte = "snow", "roto"
+    scene.tokenflow.output_dir = str(tmp_path / "out") + os.sep
+    bpy.context.preferences.addons[MODULE].preferences.farm_manager_url = "http://127.0.0.1:9"
     before, task_before = snapshot(scene), tf.controller.get("farm")
-    with pytest.raises(RuntimeError, match="Submit to Farm does not take a matte"):
+    with pytest.raises(RuntimeError, match="'roto' is a mask strip, which Blender renders on this computer"):
         run_op("sequencer.tokenflow_submit_farm", scene)
     assert snapshot(scene) == before and tf.controller.get("farm") is task_before
+    assert (
+        "render it to an image sequence on shared storage" in bpy.context.window_manager.tokenflow_job.error
+    )
