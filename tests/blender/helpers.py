@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import hashlib
 import os
 import sys
@@ -72,6 +73,19 @@ def snapshot(scene: Any) -> dict[str, Any]:
         ),
         "markers": sorted((m.name, m.frame) for m in scene.timeline_markers),
     }
+
+
+def raw_pixels(path: str) -> tuple[int, int, array.array]:
+    """Raw pixel values of a file (RGBA floats, rows bottom-up), read without colour conversion."""
+    img = bpy.data.images.load(path)
+    try:
+        img.colorspace_settings.name = "Non-Color"
+        width, height = img.size[0], img.size[1]
+        buf = array.array("f", [0.0]) * (width * height * 4)
+        img.pixels.foreach_get(buf)
+        return width, height, buf
+    finally:
+        bpy.data.images.remove(img)
 
 
 def digest(paths: list[Path]) -> list[str]:

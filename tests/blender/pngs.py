@@ -27,20 +27,7 @@ def write_png(
         rows[0] = pixel * (width - 1) + px(corner)
     raw = b"".join(b"\x00" + row for row in rows)
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, 2, 0, 0, 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
-    )
-    return path
+    return _write(path, struct.pack(">IIBBBBB", width, height, depth, 2, 0, 0, 0), raw)
 
 
 def write_sequence(
@@ -56,6 +43,11 @@ def write_sequence(
 def write_split(path: Path, width: int, height: int, white_columns: int) -> Path:
     """An 8-bit grey PNG: white in the left `white_columns` columns, black elsewhere (a matte)."""
     row = b"\x00" + b"\xff" * white_columns + b"\x00" * (width - white_columns)
+    return _write(path, struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0), row * height)
+
+
+def _write(path: Path, ihdr: bytes, raw: bytes) -> Path:
+    """A PNG file of one IHDR and one IDAT (`raw`: filter byte + row, for every row)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return (
@@ -65,12 +57,8 @@ def write_split(path: Path, width: int, height: int, white_columns: int) -> Path
             + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
         )
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(row * height))
-        + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
     )
     return path

@@ -4,7 +4,6 @@ Manager that is not running, a failed job, a cancel, and refusals before anythin
 
 from __future__ import annotations
 
-import array
 import json
 import os
 import platform
@@ -23,7 +22,7 @@ import pytest
 from . import pngs
 from .conftest import engine_python
 from .fake_flamenco import ETAG, GPU_TAG, JOB_TYPE, FakeManager, job_type_settings
-from .helpers import MODULE, ROOT, add_image_strip, digest, run_op, snapshot, strips_of
+from .helpers import MODULE, ROOT, add_image_strip, digest, raw_pixels, run_op, snapshot, strips_of
 
 START, CHANNEL = 5, 2
 SUBMIT, CANCEL = "sequencer.tokenflow_submit_farm", "sequencer.tokenflow_cancel_farm"
@@ -227,19 +226,6 @@ def test_submit_run_on_the_farm_and_import(farm, scene, assets, manager, tmp_pat
     assert (Path(listed.folder), listed.source, listed.kind) == (output, "city", "shot")
 
 
-def _rgb(path: Path) -> tuple[int, int, array.array]:
-    """Raw RGBA values of a PNG as Blender reads it without colour conversion (rows bottom-up)."""
-    img = bpy.data.images.load(str(path))
-    try:
-        img.colorspace_settings.name = "Non-Color"
-        width, height = img.size[0], img.size[1]
-        buf = array.array("f", [0.0]) * (width * height * 4)
-        img.pixels.foreach_get(buf)
-        return width, height, buf
-    finally:
-        bpy.data.images.remove(img)
-
-
 def test_a_farm_job_limited_by_an_image_matte(farm, scene, assets, manager, tmp_path) -> None:
     """The matte's files go to the workers; every chunk keeps the source outside the matte."""
     tf, frames = farm, assets["frames"]
@@ -263,8 +249,8 @@ def test_a_farm_job_limited_by_an_image_matte(farm, scene, assets, manager, tmp_
     output = Path(settings["output"])
     changed = 0
     for src in frames:
-        width, height, ref = _rgb(src)
-        _, _, got = _rgb(output / src.name)
+        width, height, ref = raw_pixels(str(src))
+        _, _, got = raw_pixels(str(output / src.name))
         for y in range(height):
             row = y * width * 4
             outside = slice(row + 48 * 4, row + width * 4)  # columns 48-95, far from the matte's 0-23

@@ -16,7 +16,7 @@ import bpy
 import pytest
 
 from . import pngs
-from .helpers import MODULE, add_image_strip, run_op, snapshot, strips_of, wait
+from .helpers import MODULE, add_image_strip, raw_pixels, run_op, snapshot, strips_of, wait
 
 
 @pytest.fixture
@@ -104,19 +104,6 @@ def _mask(name: str, x0: float, x1: float, y0: float = 0.0, y1: float = 1.0) -> 
     return mask
 
 
-def _pixels(path: str) -> tuple[int, int, array.array]:
-    """Raw pixel values of a file (RGBA floats, rows bottom-up), read without colour conversion."""
-    img = bpy.data.images.load(path)
-    try:
-        img.colorspace_settings.name = "Non-Color"
-        width, height = img.size[0], img.size[1]
-        buf = array.array("f", [0.0]) * (width * height * 4)
-        img.pixels.foreach_get(buf)
-        return width, height, buf
-    finally:
-        bpy.data.images.remove(img)
-
-
 def _linear(v: float) -> float:
     """The sRGB transfer function, inverted."""
     return v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4
@@ -145,10 +132,10 @@ def test_mask_strip_rendered_to_matte_frames(pkg, scene, tmp_path) -> None:
     assert sorted(os.listdir(folder)) == [os.path.basename(p) for p in paths]
     info = pkg.imageinfo.read_info(paths[0])
     assert (info.format, info.width, info.height, info.bit_depth) == ("png", 48, 30, 16)
-    px = _pixels(paths[4])
+    px = raw_pixels(paths[4])
     assert _at(px, 24, 15) == 1.0 and _at(px, 2, 15) == 0.0 and _at(px, 45, 15) == 0.0
     # Blender leaves the last pixel unwritten (strip_render's docstring): black, as around it.
-    corners = [_pixels(p)[2][-4:].tolist() for p in paths]
+    corners = [raw_pixels(p)[2][-4:].tolist() for p in paths]
     assert corners == [[0.0, 0.0, 0.0, 1.0]] * 9, corners
     assert len(bpy.data.scenes) == scenes and snapshot(scene) == before
     assert (scene.render.resolution_x, scene.view_settings.view_transform, scene.render.filepath) == looks
@@ -158,10 +145,10 @@ def test_unwritten_mask_corner_repaired(pkg, tmp_path) -> None:
     """The last pixel, which Blender never writes in a Mask strip's render, takes its left neighbour's
     value; every other pixel and the file's format and depth stay as they were."""
     path = pngs.write_png(tmp_path / "m.png", 8, 6, (0, 0, 0), depth=16, corner=(255, 255, 255))
-    before = _pixels(str(path))[2]
+    before = raw_pixels(str(path))[2]
     assert before[-4:].tolist() == [1.0, 1.0, 1.0, 1.0]
     pkg.strip_render.repair_last_pixel(str(path))
-    after = _pixels(str(path))[2]
+    after = raw_pixels(str(path))[2]
     assert after[-4:].tolist() == after[-8:-4].tolist() == [0.0, 0.0, 0.0, 1.0]
     assert after[:-4] == before[:-4]
     info = pkg.imageinfo.read_info(str(path))
@@ -258,7 +245,7 @@ def test_exr_plate_with_matte_end_to_end(tf, scene, assets, tmp_path) -> None:
     settings = scene.render.image_settings
     settings.file_format, settings.color_depth, settings.exr_codec = "OPEN_EXR", "16", "ZIP"
     for i, png in enumerate(assets["frames"]):  # the city frames as a half-float linear EXR plate
-        width, height, px = _pixels(str(png))
+        width, height, px = raw_pixels(str(png))
         img = bpy.data.images.new(f"plate{i}", width, height, float_buffer=True)
         linear = [_linear(v) * 1.5 for v in px]  # highlights above 1.0, as plates have them
         linear[3::4] = px[3::4]
@@ -300,7 +287,7 @@ def test_exr_plate_with_matte_end_to_end(tf, scene, assets, tmp_path) -> None:
         info = tf.imageinfo.read_info(str(folder / name))
         assert (info.format, info.width, info.height) == ("exr", width, height)
         assert info.channels == source_info.channels and info.bit_depth == source_info.bit_depth
-        out, ref = _pixels(str(folder / name)), _pixels(str(src))
+        out, ref = raw_pixels(str(folder / name)), raw_pixels(str(src))
         for y in range(height):
             for x in range(width * 3 // 4, width):  # well outside the matte: the source, bit for bit
                 i = (y * width + x) * 4
