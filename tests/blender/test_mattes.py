@@ -325,7 +325,6 @@ def test_farm_refuses_a_matte_blender_would_render(tf, scene, tmp_path) -> None:
     scene.sequence_editor.active_strip = source
     scene.tokenflow.prompt, scene.tokenflow.matte = "snow", "roto"
     scene.tokenflow.output_dir = str(tmp_path / "out") + os.sep
-    bpy.context.preferences.addons[MODULE].preferences.farm_manager_url = "http://127.0.0.1:9"
     before, task_before = snapshot(scene), tf.controller.get("farm")
     with pytest.raises(RuntimeError, match="'roto' is a mask strip, which Blender renders on this computer"):
         run_op("sequencer.tokenflow_submit_farm", scene)
