@@ -128,10 +128,10 @@ def share(config: str, home: str) -> str:
             shutil.rmtree(aside, ignore_errors=True)
         try:
             os.rename(tmp, copy)
+            tmp = ""
         except OSError:
             if not intact(copy, files):  # another submission did not just put a good copy there
                 raise
-        tmp = "" if not os.path.exists(tmp) else tmp
     except ShareError:
         raise
     except OSError as exc:
