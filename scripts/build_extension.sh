@@ -4,14 +4,14 @@
 # CI and scripts excluded by [build] paths_exclude_pattern in blender_manifest.toml).
 #
 #   bash scripts/build_extension.sh [BPY_VENV] [OUT_DIR]
-#     BPY_VENV  a virtual environment with the bpy module (default .venvs/bpy-5.0)
+#     BPY_VENV  a virtual environment with the bpy module (default .venvs/bpy-5.2)
 #     OUT_DIR   where the zip goes (default build/)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-venv="${1:-$root/.venvs/bpy-5.0}"
+venv="${1:-$root/.venvs/bpy-5.2}"
 out="${2:-$root/build}"
 python="$venv/bin/python"
-[ -x "$python" ] || { echo "no Python at $python: run bash scripts/setup_env.sh bpy-5.0" >&2; exit 2; }
+[ -x "$python" ] || { echo "no Python at $python: run bash scripts/setup_env.sh bpy-5.2" >&2; exit 2; }
 
 scripts=""
 for candidate in "$venv"/lib/python3.*/site-packages/bpy/*/scripts; do

@@ -1,6 +1,6 @@
 """The main job, headless inside the bpy module: real frames in, Preview then Propagate, a .blend out.
 
-    .venvs/bpy-5.0/bin/python scripts/demo.py [--model ID_OR_PATH] [--out DIR] [options]
+    .venvs/bpy-5.2/bin/python scripts/demo.py [--model ID_OR_PATH] [--out DIR] [options]
 
 It builds a scene with an image strip of real frames (cityCC0.mpg, CC0, decoded by the engine
 environment), loads this checkout as a real Blender extension, runs "Preview keyframes" and then
@@ -10,7 +10,7 @@ and writes a before/after contact sheet PNG (made with Blender's image API: no n
 --model takes a hub id, a local diffusers folder or a .safetensors file. Without it the default
 model is used, which needs network access once (or the weights in the Hugging Face cache);
 offline it stops with a message that says how to point it at a model. For a fully offline run:
-    .venvs/bpy-5.0/bin/python scripts/demo.py --tiny-model build/tiny-model
+    .venvs/bpy-5.2/bin/python scripts/demo.py --tiny-model build/tiny-model
 The .blend and the contact sheet are replaced only by a run that succeeded; a failed run exits
 non-zero with the engine's message and leaves the last good demo as it was.
 Blender's user folders go under OUT/blender-user, so your own preferences are never touched, and
@@ -173,7 +173,7 @@ def main(argv: list[str]) -> int:
         if state.quality:
             say(f"consistency: {state.quality} (the panel shows the same line)")
         result = pkg.strips.find_strip(scene, state.result_strip)
-        contact_sheet(bpy, source, result, keyframes, work_sheet)
+        contact_sheet(bpy, pkg, source, result, keyframes, work_sheet)
         bpy.ops.wm.save_as_mainfile(filepath=str(blend))
         os.replace(work_sheet, sheet)
     finally:
@@ -288,10 +288,11 @@ def tiny_model(python: Path, folder: Path) -> Path:
     return folder
 
 
-def contact_sheet(bpy, source, result, keyframes: list[int], path: Path, columns: int = 6) -> Path:
+def contact_sheet(bpy, pkg, source, result, keyframes: list[int], path: Path, columns: int = 6) -> Path:
     """Source frames on top, the edit below, `columns` frames spread over the shot (keyframes framed
     in yellow). Pixels go through Blender's image API as plain float arrays."""
-    count = source.frame_final_duration
+    first, end = pkg.compat.span(source)
+    count = end - first
     spread = [round(i * (count - 1) / max(1, columns - 1)) for i in range(columns)]
     picks = sorted(set(keyframes[:columns]))
     for i in spread:  # fill up with frames between the keyframes
@@ -301,7 +302,7 @@ def contact_sheet(bpy, source, result, keyframes: list[int], path: Path, columns
     for strip in (source, result):
         row = []
         for i in picks:
-            elem = strip.strip_elem_from_frame(strip.frame_final_start + i)
+            elem = strip.strip_elem_from_frame(pkg.compat.span(strip)[0] + i)
             row.append(_load_pixels(bpy, os.path.join(bpy.path.abspath(strip.directory), elem.filename)))
         tiles.append(row)
     w, h = tiles[0][0][0], tiles[0][0][1]

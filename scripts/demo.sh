@@ -10,7 +10,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 engine="$(bash scripts/setup_env.sh engine)"
-bpy50="$(bash scripts/setup_env.sh bpy-5.0)"
+bpy52="$(bash scripts/setup_env.sh bpy-5.2)"  # Blender 5.2 LTS (Python 3.13: found or built once)
 export OMP_WAIT_POLICY=PASSIVE
 export TOKENFLOW_ENGINE_PYTHON="$engine/bin/python"
 
@@ -24,4 +24,4 @@ if [[ " $* " != *" --model "* ]]; then
   [[ " $* " == *" --prompt "* ]] || args+=(--prompt "a pencil sketch of tall glass buildings at night")
   [[ " $* " == *" --source-prompt "* ]] || args+=(--source-prompt "tall glass buildings at night")
 fi
-exec "$bpy50/bin/python" scripts/demo.py "${args[@]}"
+exec "$bpy52/bin/python" scripts/demo.py "${args[@]}"

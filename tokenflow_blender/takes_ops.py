@@ -362,7 +362,8 @@ def estimate_line(context: Any, scene: Any) -> str:
     model and working size, or 'unknown' before the first one."""
     s = scene.tokenflow
     strip = compat.active_strip(context, scene)
-    n = int(strip.frame_final_duration) if strip is not None else 0
+    first, end = compat.span(strip) if strip is not None else (0, 0)
+    n = end - first
     settings = {name: getattr(s, name) for name in takes.RESTORED if name != "model"}
     size = max(64, round(s.size / 64) * 64)
     settings["size"] = size

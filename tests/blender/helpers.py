@@ -14,6 +14,8 @@ import addon_utils
 import bpy
 import pytest
 
+from . import strip_time
+
 ROOT = Path(__file__).resolve().parents[2]
 EXT_ID = "tokenflow"
 REPO = "tokenflow_tests"  # the local repository (its folder name is its module name)
@@ -68,9 +70,7 @@ def add_image_strip(
 def snapshot(scene: Any) -> dict[str, Any]:
     """Strips (name, channel, range, files) and markers: to check that nothing changed."""
     return {
-        "strips": sorted(
-            (s.name, s.channel, s.frame_final_start, s.frame_final_end, s.type) for s in strips_of(scene)
-        ),
+        "strips": sorted((s.name, s.channel, *strip_time.span(s), s.type) for s in strips_of(scene)),
         "markers": sorted((m.name, m.frame) for m in scene.timeline_markers),
     }
 

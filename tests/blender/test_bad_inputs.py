@@ -10,7 +10,7 @@ from pathlib import Path
 import bpy
 import pytest
 
-from . import pngs
+from . import pngs, strip_time
 from .helpers import MODULE, add_image_strip, run_op, snapshot, wait
 
 
@@ -101,7 +101,7 @@ def test_frames_of_different_sizes(tf, scene, seq) -> None:
 def test_held_still(tf, scene, seq) -> None:
     """One image stretched over many frames: the same file on several frames."""
     strip = add_image_strip(scene, seq[:1])
-    strip.frame_final_duration = 10
+    strip_time.set_length(strip, 10)
     _refused(tf, scene, "more than one frame")
 
 

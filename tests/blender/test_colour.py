@@ -11,7 +11,7 @@ from pathlib import Path
 import bpy
 import pytest
 
-from . import pngs
+from . import pngs, strip_time
 from .helpers import MODULE, add_image_strip, run_op, snapshot
 
 # The two layouts the configs of Blender 4.2 and 5.0 use (excerpts of the real files).
@@ -175,7 +175,7 @@ def test_exr_plate_and_linear_strip_go_to_the_engine(pkg, scene, tmp_path) -> No
     frames = _exr_frames(tmp_path / "plate", 4, 32, 24)
     strip = add_image_strip(scene, frames, start=7, name="plate")
     strip.colorspace_settings.name = "ACEScg"
-    strip.frame_offset_start = 1
+    strip_time.set_time(strip, frame_offset_start=1)
     shot = pkg.strips.read_shot(strip)
     assert (shot.start, len(shot.frames), shot.width, shot.height) == (8, 3, 32, 24)
     assert shot.colorspace == shot.config_colorspace == "ACEScg"

@@ -13,7 +13,7 @@ from typing import Any
 import bpy
 import pytest
 
-from . import pngs
+from . import pngs, shown, strip_time
 from .conftest import engine_python
 from .helpers import ROOT, add_image_strip, digest, run_op, snapshot, strips_of, wait
 
@@ -67,9 +67,8 @@ def _movie_strip(tf, scene: Any, path: Path) -> Any:
     """The movie at frame 3 on channel 2, content offset by 2 frames and trimmed to 5 frames."""
     ed = scene.sequence_editor_create()
     strip = tf.compat.strips(ed).new_movie("carphone", str(path), 2, 3)
-    strip.animation_offset_start = 2
-    strip.frame_offset_start = 4
-    strip.frame_final_duration = 5
+    strip_time.set_time(strip, animation_offset_start=2, frame_offset_start=4)
+    strip_time.set_length(strip, 5)
     strip.colorspace_settings.name = "sRGB"
     ed.active_strip = strip
     return strip
@@ -77,7 +76,7 @@ def _movie_strip(tf, scene: Any, path: Path) -> Any:
 
 def _movie_state(strip: Any) -> tuple:
     return tuple(
-        getattr(strip, name)
+        strip_time.get_time(strip, name)
         for name in (
             "name",
             "channel",
@@ -96,8 +95,8 @@ def _movie_state(strip: Any) -> tuple:
 def test_convert_a_trimmed_offset_movie(tf, scene, movie, tmp_path) -> None:
     scene.tokenflow.output_dir = str(tmp_path / "out") + os.sep
     strip = _movie_strip(tf, scene, movie["path"])
-    tf.compat.new_color_strip(scene.sequence_editor, "blocker", 3, 1, 8)  # channel 3 is taken
-    visible = list(range(strip.frame_final_start, strip.frame_final_end))
+    tf.compat.new_color_strip(scene.sequence_editor, "blocker", 3, 1, 40)  # channel 3 is taken
+    visible = list(range(*strip_time.span(strip)))
     assert len(visible) == 5
     state, file_digest, scenes = _movie_state(strip), digest([movie["path"]]), len(bpy.data.scenes)
 
@@ -108,7 +107,7 @@ def test_convert_a_trimmed_offset_movie(tf, scene, movie, tmp_path) -> None:
     result = ed.active_strip
     assert result.type == "IMAGE" and result.name == task.result_strip == "carphone frames"
     assert result.channel == 4  # the first channel above that is free over the whole range
-    assert (result.frame_final_start, result.frame_final_end) == (visible[0], visible[-1] + 1)
+    assert strip_time.span(result) == (visible[0], visible[-1] + 1)
     assert result.colorspace_settings.name == "sRGB"
     assert result.select and not strip.select
     folder = Path(bpy.path.abspath(result.directory))
@@ -121,14 +120,22 @@ def test_convert_a_trimmed_offset_movie(tf, scene, movie, tmp_path) -> None:
     # The movie, its strip and the scene list are as they were.
     assert _movie_state(strip) == state and digest([movie["path"]]) == file_digest
     assert len(bpy.data.scenes) == scenes
-    # Each frame is the movie frame the timeline shows there: (f - frame_start) + content offset.
+    # Each frame is the movie frame Blender renders for the strip at that timeline frame (which
+    # movie frame that is, is told by the movie's frames decoded by OpenCV).
     refs = [_pixels(p) for p in movie["frames"]]
+    blender = shown.renders(scene, strip, visible, tmp_path / "render", 176, 144)
+    shown_indices = []
     for f, name in zip(visible, files, strict=True):
-        expected = round(f - strip.frame_start) + strip.animation_offset_start
+        shows = [_distance(_pixels(blender[f]), ref) for ref in refs]
+        expected = shows.index(min(shows))
+        assert shows[expected] < 0.01, (f, shows)
+        shown_indices.append(expected)
         got = _pixels(folder / name)
         distances = [_distance(got, ref) for ref in refs]
         assert distances.index(min(distances)) == expected, (f, distances)
         assert distances[expected] < 0.01  # 4.2 decodes as OpenCV does; 5.0 within 0.005
+    # The trim and the content offset are both at work: five consecutive frames, not from the start.
+    assert shown_indices == list(range(shown_indices[0], shown_indices[0] + 5)) and shown_indices[0] > 0
     # The new strip is an image strip TokenFlow takes as it is.
     assert tf.strips.read_shot(result).frames == [str(folder / n) for n in files]
 
@@ -153,7 +160,7 @@ def test_float_footage_becomes_exr(tf, scene, movie, tmp_path) -> None:
     """Footage read in a linear colour space is written as scene-linear EXR, and the strip says so."""
     scene.tokenflow.output_dir = str(tmp_path / "out") + os.sep
     strip = _movie_strip(tf, scene, movie["path"])
-    strip.frame_final_duration = 2
+    strip_time.set_length(strip, 2)
     strip.colorspace_settings.name = "Linear Rec.709"
     assert run_op("sequencer.tokenflow_convert_movie", scene) == {"FINISHED"}
     task = wait(tf, slot="convert", timeout=120)
@@ -203,7 +210,8 @@ def test_convert_a_movie_clip_strip(tf, scene, movie, tmp_path) -> None:
     try:
         ed = scene.sequence_editor_create()
         strip = tf.compat.strips(ed).new_clip("clip", clip, 2, 5)
-        strip.frame_offset_start, strip.frame_final_duration = 3, 2
+        strip_time.set_time(strip, frame_offset_start=3)
+        strip_time.set_length(strip, 2)
         ed.active_strip = strip
         if not hasattr(strip, "clip"):  # MovieClipSequence has no `clip` in 4.2
             with pytest.raises(RuntimeError, match="movie clip strip.*Add > Movie"):
@@ -213,7 +221,7 @@ def test_convert_a_movie_clip_strip(tf, scene, movie, tmp_path) -> None:
         task = wait(tf, slot="convert", timeout=120)
         assert task.state == "DONE", task.message
         result = ed.active_strip
-        assert (result.frame_final_start, result.frame_final_end, result.channel) == (8, 10, 3)
+        assert (*strip_time.span(result), result.channel) == (8, 10, 3)
         got = _pixels(Path(bpy.path.abspath(result.directory)) / result.elements[0].filename)
         distances = [_distance(got, _pixels(p)) for p in movie["frames"][:6]]
         assert distances.index(min(distances)) == 3 and min(distances) < 0.01
@@ -265,7 +273,7 @@ def test_dpx_scans_become_exr(tf, scene, tmp_path) -> None:
     scans = _write_dpx(tmp_path / "scans", 4)
     strip = add_image_strip(scene, scans, channel=2, start=5, name="scan")
     strip.colorspace_settings.name = "Linear Rec.709"
-    strip.frame_offset_start = 1  # three frames show: scans 1-3
+    strip_time.set_time(strip, frame_offset_start=1)  # three frames show: scans 1-3
     before = digest(scans)
     # The engine cannot read DPX; the refusal says how to convert, and the panel offers it.
     with pytest.raises(tf.strips.SourceError, match="press Convert to Image Sequence in the TokenFlow panel"):
@@ -279,7 +287,7 @@ def test_dpx_scans_become_exr(tf, scene, tmp_path) -> None:
     assert task.state == "DONE", task.message
     result = scene.sequence_editor.active_strip
     assert result.name == "scan frames" and result.channel == 3
-    assert (result.frame_final_start, result.frame_final_end) == (6, 9)
+    assert strip_time.span(result) == (6, 9)
     assert result.colorspace_settings.name == "Linear Rec.709"
     folder = Path(bpy.path.abspath(result.directory))
     files = [e.filename for e in result.elements]

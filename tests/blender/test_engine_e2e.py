@@ -15,6 +15,7 @@ from typing import Any
 import bpy
 import pytest
 
+from . import strip_time
 from .helpers import (
     MODULE,
     add_image_strip,
@@ -81,11 +82,9 @@ def _lowest_free_channel(scene: Any, strip: Any) -> int:
     """The first channel above the source with nothing overlapping `strip`'s range (besides itself)."""
     others = [s for s in strips_of(scene) if s != strip]
     channel = CHANNEL + 1
+    first, end = strip_time.span(strip)
     while any(
-        s.channel == channel
-        and s.frame_final_start < strip.frame_final_end
-        and strip.frame_final_start < s.frame_final_end
-        for s in others
+        s.channel == channel and strip_time.span(s)[0] < end and first < strip_time.span(s)[1] for s in others
     ):
         channel += 1
     return channel
@@ -130,7 +129,7 @@ def test_preview_then_propagate(tf, shot) -> None:
     assert task.state == "DONE", task.message + "\n" + task.log_tail(30)
     assert scene.sequence_editor.active_strip == shot["strip"]  # the source stays active
     strip = next(s for s in strips_of(scene) if s.name == state.result_strip)
-    assert (strip.frame_final_start, strip.frame_final_end) == (START, START + 12)
+    assert strip_time.span(strip) == (START, START + 12)
     assert strip.channel == _lowest_free_channel(scene, strip) == CHANNEL + 2
     assert strip.colorspace_settings.name == "sRGB"
     assert strip.name.startswith("TF city: a watercolor")
@@ -166,7 +165,7 @@ def test_second_prompt_adds_a_strip_without_inverting(tf, shot) -> None:
     state = bpy.context.window_manager.tokenflow_job
     strip = next(s for s in strips_of(scene) if s.name == state.result_strip)
     assert strip.name != first_name and "snowy" in strip.name
-    assert (strip.frame_final_start, strip.frame_final_end) == (START, START + 12)
+    assert strip_time.span(strip) == (START, START + 12)
     assert strip.channel == CHANNEL + 3
     assert Path(bpy.path.abspath(strip.directory)) != first_folder
     assert digest(sorted(first_folder.glob("*.png"))) == first_digest, "an earlier result was overwritten"

@@ -19,7 +19,7 @@ from typing import Any
 import bpy
 import pytest
 
-from . import pngs
+from . import pngs, strip_time
 from .conftest import engine_python
 from .fake_flamenco import ETAG, GPU_TAG, JOB_TYPE, FakeManager, job_type_settings
 from .helpers import MODULE, ROOT, add_image_strip, digest, raw_pixels, run_op, snapshot, strips_of
@@ -207,7 +207,7 @@ def test_submit_run_on_the_farm_and_import(farm, scene, assets, manager, tmp_pat
     assert st.farm_status == "DONE" and st.error == "" and st.farm_message.startswith("Result added")
     result = next(s for s in strips_of(scene) if s.name == st.result_strip)
     assert result.name.startswith("TF city: a watercolor")
-    assert (result.frame_final_start, result.frame_final_end) == (START, START + 12)
+    assert strip_time.span(result) == (START, START + 12)
     assert result.channel == CHANNEL + 1 and result.colorspace_settings.name == "sRGB"
     assert [e.filename for e in result.elements] == [f.stem + ".png" for f in frames]
     assert Path(bpy.path.abspath(result.directory)) == output

@@ -15,7 +15,7 @@ from typing import Any
 import bpy
 import pytest
 
-from . import pngs
+from . import pngs, shown, strip_time
 from .helpers import MODULE, add_image_strip, raw_pixels, run_op, snapshot, strips_of, wait
 
 
@@ -36,8 +36,8 @@ def _source(scene: Any, tmp_path: Path, width: int = 32, height: int = 24) -> An
     """12 frames at frame 7 (odd), trimmed by 2 at the start and 1 at the end: frames 9-17 show."""
     seq = pngs.write_sequence(tmp_path / "src", 12, width, height, stem="src")
     strip = add_image_strip(scene, seq, channel=2, start=7, name="plate")
-    strip.frame_offset_start, strip.frame_offset_end = 2, 1
-    assert (strip.frame_final_start, strip.frame_final_end) == (9, 18)
+    strip_time.set_time(strip, frame_offset_start=2, frame_offset_end=1)
+    assert strip_time.span(strip) == (9, 18)
     return strip
 
 
@@ -47,12 +47,19 @@ def test_image_matte_by_timeline_frame(pkg, scene, tmp_path) -> None:
     source = _source(scene, tmp_path)
     matte_files = pngs.write_sequence(tmp_path / "matte", 20, 32, 24, stem="m")
     matte = add_image_strip(scene, matte_files, channel=4, start=4, name="roto")
-    matte.animation_offset_start = 3  # the strip's first frame shows m_0004
+    strip_time.set_time(matte, animation_offset_start=3)  # content from the 4th file (placed per version)
     scene.sequence_editor.active_strip = source
     shot = pkg.strips.read_shot(source)
     paths = pkg.mattes.collect(scene, shot, "roto", str(tmp_path / "unused"))
-    # timeline frame f shows matte element (f - 4) + 3, i.e. file m_{f - 4 + 3 + 1}
-    assert [os.path.basename(p) for p in paths] == [f"m_{f:04d}.png" for f in range(9, 18)]
+    # Each source frame gets the matte file Blender renders for the matte at the same timeline frame,
+    # and the source frame is the one Blender renders for the source there.
+    frames = range(shot.start, shot.end)
+    matte_shown = shown.shown_files(scene, matte, matte_files, frames, tmp_path / "render-matte")
+    source_files = sorted((tmp_path / "src").iterdir())
+    source_shown = shown.shown_files(scene, source, source_files, frames, tmp_path / "render-source")
+    assert [os.path.basename(p) for p in paths] == [matte_shown[f] for f in frames]
+    assert [os.path.basename(p) for p in shot.frames] == [source_shown[f] for f in frames]
+    assert [os.path.basename(p) for p in paths] != [f"m_{i + 1:04d}.png" for i in range(len(frames))]
     assert all(os.path.isabs(p) for p in paths)
     assert not (tmp_path / "unused").exists()  # image mattes are used in place
 
@@ -119,8 +126,8 @@ def test_mask_strip_rendered_to_matte_frames(pkg, scene, tmp_path) -> None:
     at the source's size, white inside the mask and black outside; the scene is left as it was."""
     source = _source(scene, tmp_path, 48, 30)
     mask_strip = pkg.compat.strips(scene.sequence_editor).new_mask("roto", _mask("roto", 0.25, 0.75), 5, 3)
-    mask_strip.frame_offset_start = 4
-    assert mask_strip.frame_final_start == 7
+    strip_time.set_time(mask_strip, frame_offset_start=4)
+    assert strip_time.span(mask_strip)[0] == 7
     scene.sequence_editor.active_strip = source
     scenes, before = len(bpy.data.scenes), snapshot(scene)
     looks = (scene.render.resolution_x, scene.view_settings.view_transform, scene.render.filepath)
@@ -255,7 +262,7 @@ def test_exr_plate_with_matte_end_to_end(tf, scene, assets, tmp_path) -> None:
         bpy.data.images.remove(img)
     strip = add_image_strip(scene, frames, channel=2, start=7, name="plate")
     strip.colorspace_settings.name = "Linear Rec.709"
-    strip.frame_offset_start, strip.frame_offset_end = 1, 2  # frames 8-16 show
+    strip_time.set_time(strip, frame_offset_start=1, frame_offset_end=2)  # frames 8-16 show
     width, height = 96, 54
     tf.compat.strips(scene.sequence_editor).new_mask("roto", _mask("roto", 0.0, 0.5), 4, 1)
     scene.sequence_editor.active_strip = strip
@@ -276,7 +283,7 @@ def test_exr_plate_with_matte_end_to_end(tf, scene, assets, tmp_path) -> None:
     assert not Path(task.context["matte_dir"]).exists(), "rendered matte frames outlive the run"
     state = bpy.context.window_manager.tokenflow_job
     result = next(r for r in strips_of(scene) if r.name == state.result_strip)
-    assert (result.frame_final_start, result.frame_final_end) == (8, 17)
+    assert strip_time.span(result) == (8, 17)
     assert result.colorspace_settings.name == "Linear Rec.709"
     folder = Path(bpy.path.abspath(result.directory))
     names = [e.filename for e in result.elements]
