@@ -10,7 +10,7 @@
 #   2. python3.13 on PATH, /usr/bin, /usr/local/bin, pyenv's versions: the first that runs, reports
 #      3.13 and has venv, ssl, zlib, ctypes, sqlite3, lzma and bz2 (a pyenv shim of a version that is
 #      not selected fails to run, and is skipped).
-#   3. The per-user build cache: ${TOKENFLOW_CACHE:-${XDG_CACHE_HOME:-~/.cache}/tokenflow}/python-3.13,
+#   3. The per-user build cache: ${TOKENFLOW_BUILD_CACHE:-${XDG_CACHE_HOME:-~/.cache}/tokenflow-build}/python-3.13,
 #      outside any clone, so later runs and CI on the same machine reuse it. A build is used only when
 #      its listing (every file's sha256, written last) still matches: a half-built, truncated or
 #      otherwise damaged build is removed and built again.
@@ -22,7 +22,7 @@
 # Exit codes: 0 found; 2 a given interpreter is broken; 3 not enough disk; 4 the build failed.
 set -euo pipefail
 modules="import venv, ensurepip, ssl, zlib, ctypes, sqlite3, lzma, bz2"
-cache="${TOKENFLOW_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenflow}"
+cache="${TOKENFLOW_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenflow-build}"  # not the inversion cache: clearing that keeps this
 build="$cache/python-3.13"
 say() { echo "python313.sh: $*" >&2; }
 

@@ -5,15 +5,12 @@
 5.2 gave strips a time model of its own: `left_handle` / `right_handle` are the timeline frames
 where a strip starts and stops showing, and reading `frame_final_start`, `frame_final_end`,
 `frame_final_duration`, `frame_start` or the offsets warns that Blender 6.0 removes them.
-Each function here asks for what a version offers (the newer name first), never for a version number,
-except where the API has no name to ask for (`new_effect`'s keyword).
+Each function here asks for what a version offers (the newer name first), never for a version number.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-import bpy
 
 
 def span(strip: Any) -> tuple[int, int]:
@@ -54,7 +51,8 @@ def active_strip(context: Any, scene: Any) -> Any:
 
 
 def new_color_strip(ed: Any, name: str, channel: int, start: int, length: int) -> Any:
-    """A colour strip (tests and demos): 5.0 takes `length`, earlier versions `frame_end`."""
-    if bpy.app.version >= (5, 0, 0):
-        return strips(ed).new_effect(name, "COLOR", channel, start, length=length)
-    return strips(ed).new_effect(name, "COLOR", channel, start, frame_end=start + length)
+    """A colour strip (tests and demos): 5.0's `new_effect` takes `length`, earlier ones `frame_end`."""
+    coll = strips(ed)
+    if "length" in coll.bl_rna.functions["new_effect"].parameters:
+        return coll.new_effect(name, "COLOR", channel, start, length=length)
+    return coll.new_effect(name, "COLOR", channel, start, frame_end=start + length)

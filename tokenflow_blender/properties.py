@@ -17,8 +17,10 @@ from ..engine import protocol
 from . import results
 
 DEFAULTS = protocol.Job(frames=["-"], output="-", prompt="-")
-# Blender 4.5 flags path properties that accept '//' (and warns about the others); 4.2 has no such flag.
-BLEND_RELATIVE = {"PATH_SUPPORTS_BLEND_RELATIVE"} if bpy.app.version >= (4, 5, 0) else set()
+# Blender 4.5 flags path properties that accept '//' (and warns about the others); 4.2 has no such
+# flag. Asked of the API (a property can tell whether it has the flag) rather than of the version.
+SUPPORTS_BLEND_RELATIVE = "is_path_supports_blend_relative" in bpy.types.Property.bl_rna.properties
+BLEND_RELATIVE = {"PATH_SUPPORTS_BLEND_RELATIVE"} if SUPPORTS_BLEND_RELATIVE else set()
 
 
 class TokenFlowSettings(bpy.types.PropertyGroup):

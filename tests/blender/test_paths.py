@@ -112,3 +112,16 @@ def test_paths_stay_absolute_when_the_preference_is_off(ext: Any, repo_dir: Path
     assert found["propagate"]["directory"] == str(project / "tokenflow" / "shot-propagate-snow") + os.sep
     assert found["preview"]["directory"] == str(project / "tokenflow" / "shot-preview-snow") + os.sep
     assert not any(found["propagate"]["files"])  # the absolute path points where the project was
+
+
+def test_output_folder_says_it_takes_blend_relative_paths(ext: Any) -> None:
+    """Where the API has the flag (4.5+), the Output property carries it (else 4.5+ warns about '//');
+    where it has none (4.2), registering did not fail for lack of it."""
+    import bpy
+
+    prop = bpy.types.Scene.bl_rna.properties["tokenflow"].fixed_type.bl_rna.properties["output_dir"]
+    if "is_path_supports_blend_relative" in bpy.types.Property.bl_rna.properties:
+        assert prop.is_path_supports_blend_relative
+    else:
+        assert bpy.app.version < (4, 5, 0)  # the one version without the flag
+    assert prop.subtype == "DIR_PATH"

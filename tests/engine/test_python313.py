@@ -58,7 +58,7 @@ def run(tmp_path: Path, source: Path, **env: str) -> subprocess.CompletedProcess
     base = {
         "PATH": "/usr/bin:/bin",
         "HOME": str(tmp_path / "home"),
-        "TOKENFLOW_CACHE": str(tmp_path / "cache"),
+        "TOKENFLOW_BUILD_CACHE": str(tmp_path / "cache"),
         "TOKENFLOW_PYTHON313": "build",  # never the machine's own Python 3.13
         "TOKENFLOW_PYTHON313_SOURCE": str(source),
         "BUILDS": str(tmp_path / "builds.log"),
