@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInput
-from .outputs import MANIFEST, Destination, refuse_existing, storage_error
+from .outputs import Destination, refuse_existing, storage_error
+from .protocol import MANIFEST
 
 # Job fields that may differ between chunks of one shot.
 PER_CHUNK = {"output", "frame_range", "cache_dir", "device", "chunk_size", "evaluate", "extra"}

@@ -23,7 +23,6 @@ from pathlib import Path
 from .errors import BadInput, DiskError, EngineError
 
 log = logging.getLogger(__name__)
-MANIFEST = "tokenflow.json"  # written into every result folder: what its `done` event said
 LOCK_SUFFIX = ".tmp-lock"
 
 # errno values that say the storage, not the path, is the problem.

@@ -78,6 +78,10 @@ CANCEL_LINE = "cancel"
 # stdin does the same, after cancelling a running job.
 UNLOAD_LINE = "unload"
 
+# Written into every result folder: what its `done` event said (the engine writes it, takes and the
+# farm's merge read it).
+MANIFEST = "tokenflow.json"
+
 STAGE_PREVIEW = "preview"
 STAGE_PROPAGATE = "propagate"
 STAGE_INVERT = "invert"  # only fill the inversion cache (a farm's prepare task); writes no output

@@ -28,8 +28,9 @@ from .inversion import (
 )
 from .matching import MatchOptions
 from .models import Model, load
-from .outputs import MANIFEST, Destination, disk_full, refuse_existing, withdraw
+from .outputs import Destination, disk_full, refuse_existing, withdraw
 from .preflight import default_cache_dir  # noqa: F401 (where callers have looked for it)
+from .protocol import MANIFEST
 
 log = logging.getLogger(__name__)
 
