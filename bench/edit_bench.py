@@ -2,13 +2,13 @@
 
 Each style of training/styles.py is an OpenCV filter with a caption ("a pencil sketch of ..."), so an
 edit has a ground truth: the same filter on the source frame. On the held-back last 25% of each clip
-(never seen in training) this measures, through the engine's normal run path (engine.runner.execute
+(never seen in training) this measures, through the engine's normal run path (engine.run.execute.execute
 with a Job whose model is the folder; the loaded model is reused between runs as the warm engine does):
 
 - VAE round trip PSNR (it bounds everything else);
 - reconstruction: invert, then denoise with the source prompt at guidance 1 and no edit: PSNR to source;
 - edit accuracy: PSNR / SSIM of the edit against the ground truth, next to the source's own;
-- temporal consistency: warp error (engine/evaluate.py) of the edit, of the ground truth, of the source;
+- temporal consistency: warp error (engine/quality/evaluate.py) of the edit, the ground truth, the source;
 - methods side by side: TokenFlow fixed, TokenFlow resample, per-frame PnP, SDEdit (per frame).
 
 The inversion takes --inversion-steps DDIM steps (0, the default: --steps, as the edit), e.g. the
@@ -51,7 +51,7 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 BASELINE = "per-frame"
 TOKENFLOW = "tokenflow-fixed"
-# Cheaper propagation (engine/matching.MatchOptions), each against exact TokenFlow fixed: a faster
+# Cheaper propagation (engine/method/matching.MatchOptions), each against exact TokenFlow fixed: a faster
 # default is kept only within 0.3 dB of its edit accuracy and 5% of its warp error (issue 12).
 MATCH_VARIANTS: dict[str, dict[str, Any]] = {
     "tokenflow-level": {**METHODS[TOKENFLOW], "match_scope": "level"},
@@ -150,8 +150,8 @@ def ssim(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 
 
 def warp(source_dir: Path, other_dir: Path) -> float:
-    """Warp error of `other_dir`'s frames along the source's optical flow (engine/evaluate.py)."""
-    from engine.evaluate import evaluate_frames
+    """Warp error of `other_dir`'s frames along the source's optical flow (engine/quality/evaluate.py)."""
+    from engine.quality.evaluate import evaluate_frames
 
     src = sorted(source_dir.glob("*.png"))
     other = sorted(other_dir.glob("*.png"))
@@ -163,16 +163,16 @@ class Engine:
     """The engine's in-process run path with one loaded model (as `engine serve` keeps it warm)."""
 
     def __init__(self, model: str) -> None:
-        from engine import devices
-        from engine.models import load
+        from engine.model import devices
+        from engine.model.loading import load
 
         self.model_path = model
         self.model = load(model, devices.choose("cpu"))
 
     def run(self, frames: Path, output: Path, cache: Path, **fields: Any) -> dict[str, Any]:
         from engine import protocol
-        from engine.events import CancelToken, Emitter
-        from engine.runner import execute
+        from engine.run.events import CancelToken, Emitter
+        from engine.run.execute import execute
 
         files = [str(p) for p in sorted(frames.glob("*.png"))]
         job = protocol.Job.from_dict(
@@ -197,8 +197,8 @@ class Engine:
         """VAE encode + decode with the engine's own functions."""
         import torch
 
-        from engine.editing import decode_chunks
-        from engine.inversion import encode
+        from engine.method.editing import decode_chunks
+        from engine.method.inversion import encode
 
         x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2) * 2 - 1
         latents = encode(self.model, x)
@@ -310,10 +310,10 @@ SHAPING = ("frames", "size", "steps", "inversion_steps", "guidance", "negative",
 
 
 def model_digest(model: str) -> str:
-    """The engine's own digest of the files the model is read from (engine.models.model_files): a
+    """The engine's own digest of the files the model is read from (engine.model.loading.model_files): a
     model trained further at the same path is another model; its card or sample grid is not."""
-    from engine.fingerprint import DigestIndex, files_digest
-    from engine.models import model_files
+    from engine.model.fingerprint import DigestIndex, files_digest
+    from engine.model.loading import model_files
 
     try:
         return files_digest(model_files(model), DigestIndex(None))

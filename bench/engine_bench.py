@@ -52,8 +52,8 @@ def _reset_peak() -> None:
 @contextlib.contextmanager
 def source_copy_in_every_step():
     """The edit as it ran before: [source, negative, prompt] in every UNet call of every step."""
-    from engine import attention
-    from engine.editing import Editor
+    from engine.method import attention
+    from engine.method.editing import Editor
 
     trimmed = Editor.copies
     Editor.copies = lambda self, step, preview: attention.COPIES
@@ -64,8 +64,8 @@ def source_copy_in_every_step():
 
 
 def run_job(loaded, **fields) -> tuple[float, dict]:
-    from engine.events import CancelToken, Emitter
-    from engine.runner import execute
+    from engine.run.events import CancelToken, Emitter
+    from engine.run.execute import execute
 
     job = protocol.Job(**fields)
     job.validate()
@@ -83,10 +83,10 @@ def memory_child(args: argparse.Namespace) -> None:
     """In a fresh process: load, then measure the peak memory one edit adds."""
     import torch
 
-    from engine import devices, models
-    from engine.frames import read_shot, working_size
+    from engine.images.frames import read_shot, working_size
+    from engine.model import devices, loading
 
-    model = models.load(args.model, devices.choose(args.device))
+    model = loading.load(args.model, devices.choose(args.device))
     frames = sorted(str(p) for p in Path(args.frames_dir).glob("*.png"))[: args.frames]
     w, h = working_size(*read_shot(frames[:1]).size, args.size)  # what the latents are made at
     work = Path(args.work)
@@ -139,7 +139,7 @@ def main() -> None:
         nargs="*",
         default=["level", "reuse", "dims", "level-reuse"],
         choices=["level", "reuse", "dims", "level-reuse"],
-        help="propagation speed options to time against exact TokenFlow (engine/matching.MatchOptions)",
+        help="propagation speed options to time against exact TokenFlow (method/matching.MatchOptions)",
     )
     parser.add_argument(
         "--only-edits",
@@ -166,9 +166,9 @@ def main() -> None:
         memory_child(args)
         return
 
-    from engine import devices, models
     from engine.cli import _setup_logging
-    from engine.tiny_model import make_tiny_model
+    from engine.model import devices, loading
+    from engine.model.tiny_model import make_tiny_model
     from tests.clips import extract_frames
 
     _setup_logging()
@@ -179,7 +179,7 @@ def main() -> None:
     most = max([args.frames, *[int(v) for v in args.memory_frames.split(",") if v.strip()]])
     frames_dir = work / "frames"
     frames = [str(p) for p in extract_frames("cityCC0.mpg", frames_dir, most, start=0)]
-    model = models.load(args.model, devices.choose(args.device))
+    model = loading.load(args.model, devices.choose(args.device))
     params = sum(p.numel() for p in model.unet.parameters())
     shot = frames[: args.frames]
     common = dict(

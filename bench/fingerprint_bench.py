@@ -37,7 +37,7 @@ def _hash(path: Path, name: str) -> str:
 
 
 def _remembered(path: Path, index_path: Path) -> str:
-    from engine.fingerprint import DigestIndex
+    from engine.model.fingerprint import DigestIndex
 
     index = DigestIndex(index_path)  # a fresh process's view: the index is read from disk
     digest = index.digest(path)
@@ -46,7 +46,7 @@ def _remembered(path: Path, index_path: Path) -> str:
 
 
 def main() -> None:
-    from engine.fingerprint import HASH, DigestIndex
+    from engine.model.fingerprint import HASH, DigestIndex
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-gb", type=float, default=2.0)

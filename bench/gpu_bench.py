@@ -1,4 +1,4 @@
-"""GPU benchmark (run by hand on a CUDA machine): the paper's measurement, ready to paste into the README.
+"""GPU benchmark (run by hand on a CUDA machine): the paper's measurement, for docs/performance.md.
 
 40 frames at 512x512, Stable Diffusion 2.1's configuration, 50 DDIM steps: the inversion and the
 edit timed apart, the peak GPU memory of each, TokenFlow against per-frame PnP (the same PnP edit
@@ -75,9 +75,9 @@ def random_sd21(placement: Any, work: Path) -> Any:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from engine.models import Model
-    from engine.speedups import prepare_unet
-    from engine.tiny_model import SD_SCHEDULER, write_clip_tokenizer
+    from engine.model.loading import Model
+    from engine.model.speedups import prepare_unet
+    from engine.model.tiny_model import SD_SCHEDULER, write_clip_tokenizer
 
     torch.manual_seed(0)
     write_clip_tokenizer(work / "tokenizer")  # a byte-level vocabulary: ids stay below the real one's size
@@ -124,8 +124,8 @@ def measure(model: Any, job: Any, cuda: bool) -> dict[str, Any]:
     import torch
 
     from engine import protocol
-    from engine.events import CancelToken, Emitter
-    from engine.runner import execute
+    from engine.run.events import CancelToken, Emitter
+    from engine.run.execute import execute
 
     stream = io.StringIO()
     if cuda:
@@ -179,21 +179,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_NO_CUDA
 
-    from engine import devices, models, protocol
-    from engine.speedups import prepare_unet
-    from engine.tiny_model import make_tiny_model
+    from engine import protocol
+    from engine.model import devices, loading
+    from engine.model.speedups import prepare_unet
+    from engine.model.tiny_model import make_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
     if args.dry_run:
         args.frames, args.size, args.steps, args.stride, args.chunk = 2, 64, 2, 2, 2
         placement = devices.choose("cpu")
-        model = models.load(str(make_tiny_model(work / "tiny")), placement)
+        model = loading.load(str(make_tiny_model(work / "tiny")), placement)
         prepare_unet(model.unet, placement, channels_last=True)  # the CUDA layout, checked on the CPU
         model_name = "tiny (dry run)"
     else:
         placement = devices.choose("cuda")
         if args.model:
-            model, model_name = models.load(args.model, placement), Path(args.model).name
+            model, model_name = loading.load(args.model, placement), Path(args.model).name
         else:
             model, model_name = random_sd21(placement, work), "SD 2.1-base config, random weights"
     cuda = placement.device.type == "cuda"
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render_table(rows: list[dict[str, Any]], gpu: str, model: str, setting: str, frames: int) -> str:
-    """The Markdown table for the README (the same columns as its empty template)."""
+    """The Markdown table for docs/performance.md (the same columns as its empty template)."""
     lines = [
         f"{gpu}; {model}; {setting}",
         "",

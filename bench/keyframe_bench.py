@@ -39,10 +39,11 @@ def _vm(field: str) -> int:
 def child(args: argparse.Namespace) -> None:
     import torch
 
-    from engine import devices, keyframes, models
-    from engine.editing import Editor, EditSettings, Prompts
+    from engine.method import keyframes
+    from engine.method.editing import Editor, EditSettings, Prompts
+    from engine.model import devices, loading
 
-    model = models.load(args.model, devices.choose(args.device))
+    model = loading.load(args.model, devices.choose(args.device))
     w, h = args.width // model.vae_factor, args.height // model.vae_factor
     n = args.frames
     batch = args.keyframe_batch if args.mode == "bounded" else 10**6
@@ -54,7 +55,7 @@ def child(args: argparse.Namespace) -> None:
         model, settings, lambda t: latents, Prompts(empty, empty, model.encode_prompt("a painting"))
     )
     keys = keyframes.fixed(n, args.stride)
-    from engine import attention
+    from engine.method import attention
 
     installed = attention.install(model.unet, editor.state)
     editor.state.begin_step(0, inject_qk=True, inject_conv=True, n_keyframes=len(keys))
@@ -119,7 +120,7 @@ def main() -> None:
         args.frames = int(args.frames)
         child(args)
         return
-    from engine.tiny_model import make_tiny_model
+    from engine.model.tiny_model import make_tiny_model
 
     scratch = tempfile.TemporaryDirectory(prefix="tokenflow-kbench-")
     if not args.model:

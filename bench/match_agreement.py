@@ -1,4 +1,4 @@
-"""How far each cheaper nearest-neighbour search (engine/matching.MatchOptions) is from the exact one.
+"""How far each cheaper nearest-neighbour search (engine/method/matching.MatchOptions) is from the exact one.
 
 bench/edit_bench.py judges the options by their edits; with models/microsd the edits barely depend on
 propagation (bench/propagation_probe.py), so that judge cannot see much. This measures the fields
@@ -37,8 +37,8 @@ if str(ROOT) not in sys.path:
 
 from bench.search_bench import window_nearest  # noqa: E402
 from engine import keyframes  # noqa: E402
-from engine.attention import TokenFlowState  # noqa: E402
-from engine.matching import MatchOptions, nearest_tokens, reduce  # noqa: E402
+from engine.method.attention import TokenFlowState  # noqa: E402
+from engine.method.matching import MatchOptions, nearest_tokens, reduce  # noqa: E402
 
 
 class Recording(TokenFlowState):
@@ -102,10 +102,10 @@ class Recording(TokenFlowState):
 
 def main() -> None:
     from bench.edit_bench import prepare, read
-    from engine import devices
-    from engine.editing import Editor, EditSettings, Prompts
-    from engine.inversion import encode, invert
-    from engine.models import load
+    from engine.method.editing import Editor, EditSettings, Prompts
+    from engine.method.inversion import encode, invert
+    from engine.model import devices
+    from engine.model.loading import load
     from training.data import CLIPS
     from training.styles import STYLES
 

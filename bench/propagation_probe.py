@@ -7,7 +7,7 @@
    mean difference of the two edits' frames.
 
 When both are small, per-frame editing leaves no flicker for TokenFlow to remove (compare the warp
-errors of bench/edit_bench.py). Used for the README's figures on models/microsd:
+errors of bench/edit_bench.py). Used for the figures in docs/quality.md on models/microsd:
 
     .venvs/engine/bin/python bench/propagation_probe.py --model models/microsd
 """
@@ -70,7 +70,7 @@ def attention_share(model: Any, latents: torch.Tensor, embeds: torch.Tensor) -> 
 
 def main(argv: list[str] | None = None) -> int:
     import bench.edit_bench as eb
-    from engine.inversion import encode
+    from engine.method.inversion import encode
     from training.data import CLIPS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -3,14 +3,14 @@
 Each clip (a continuous stretch, no scene cut) is edited three times with one prompt, seed and step
 count through the engine's command line: per-frame PnP (no propagation), TokenFlow with fixed
 keyframes, TokenFlow with keyframes re-drawn every step. The three edits are measured with
-engine/evaluate.py; the report is a JSON file, a chart of warp error per method and clip, and a
+engine/quality/evaluate.py; the report is a JSON file, a chart of warp error per method and clip, and a
 contact sheet of source and edits at a few frames.
 
     .venvs/engine/bin/python bench/quality.py                       # tiny random model: runs anywhere
     .venvs/engine/bin/python bench/quality.py --model ~/models/sd21 --frames 24 --size 512 --steps 50
 
 With the default tiny random-weight model the edits are noise-like textures: the figures then show
-how steady each method is, not how good the picture looks. Use a real model for the README figures.
+how steady each method is, not how good the picture looks. Use a real model for docs/quality.md.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def edit(
 
 # --- the benchmark -------------------------------------------------------------------------------
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    from engine.evaluate import evaluate_folders
+    from engine.quality.evaluate import evaluate_folders
 
     for name in args.clips:
         check_length(CLIPS[name], args.frames)
@@ -287,7 +287,7 @@ def contact_sheet(report: dict[str, Any], frames_root: Path, path: Path, count: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from engine.evaluate import image_size, list_frames, read_frames
+    from engine.quality.evaluate import image_size, list_frames, read_frames
 
     rows = [(clip, label) for clip in report["clips"] for label in ("source", *METHODS)]
     n = report["settings"]["frames"]

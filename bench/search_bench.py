@@ -1,7 +1,7 @@
 """Speed of the nearest-neighbour search alone, and of the candidates issue 12 named for it.
 
 Propagation searches, for every token of a frame, the most similar token of a keyframe. The engine's
-exact search (engine/matching.nearest_tokens) is one matrix product per block of queries and an argmax.
+exact search (engine/method/matching.nearest_tokens) is one matrix product per block of queries and an argmax.
 This times it side by side with what might replace it, on the token shapes where the search is
 largest (the top resolution level of a UNet):
 
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.matching import nearest_tokens, reduce, unit  # noqa: E402
+from engine.method.matching import nearest_tokens, reduce, unit  # noqa: E402
 
 # (name, token grid h x w, width): the top level of the mid model at 512x256 and of SD 1.5 / 2.1.
 SHAPES = {

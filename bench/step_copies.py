@@ -70,14 +70,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from torch.profiler import ProfilerActivity, profile
 
-    from engine import devices, models, protocol
-    from engine.events import CancelToken, Emitter
-    from engine.runner import execute
-    from engine.tiny_model import make_tiny_model
+    from engine import protocol
+    from engine.model import devices, loading
+    from engine.model.tiny_model import make_tiny_model
+    from engine.run.events import CancelToken, Emitter
+    from engine.run.execute import execute
     from tests.clips import extract_frames
 
     work = Path(tempfile.mkdtemp(prefix="step-copies-"))
-    model = models.load(str(make_tiny_model(work / "tiny")), devices.choose("cpu"))
+    model = loading.load(str(make_tiny_model(work / "tiny")), devices.choose("cpu"))
     frames = [
         str(p) for p in extract_frames("cityCC0.mpg", work / "frames", args.frames, start=40, width=128)
     ]

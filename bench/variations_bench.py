@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "variations"))
     args = parser.parse_args()
 
-    from engine.tiny_model import make_tiny_model
+    from engine.model.tiny_model import make_tiny_model
     from tests.clips import extract_frames
 
     work = Path(tempfile.mkdtemp(prefix="tf-variations-bench-"))

@@ -19,43 +19,15 @@ from . import protocol
 
 DEFAULTS = protocol.Job(frames=["-"], output="-", prompt="-")
 
-# Option help, shared by `edit` (as flags) and the job file (as keys).
-OPTION_HELP = {
-    "stage": "'preview' denoises only the keyframes (about K/N of the cost); 'propagate' edits every frame; "
-    "'invert' only fills the inversion cache (a farm's prepare task)",
-    "negative_prompt": "what the edit should avoid (classifier-free guidance's negative prompt)",
-    "source_prompt": "a description of the source shot, used for the DDIM inversion (may be empty)",
-    "model": "a diffusers hub id, a local diffusers folder, or a single-file .safetensors checkpoint "
-    "(Stable Diffusion 1.x / 2.x)",
-    "device": "auto picks CUDA, then Apple MPS, then the CPU (slow)",
-    "cache_dir": "where inversions are cached (default $TOKENFLOW_CACHE or ~/.cache/tokenflow)",
-    "steps": "DDIM steps of the edit, and of the inversion unless --inversion-steps is set (the inversion "
-    "is cached per frame for its steps)",
-    "inversion_steps": "DDIM steps of the inversion, 0: as --steps. More than --steps (e.g. 50 for 25, as "
-    "the reference inverts finely and edits coarsely) needs 1000 // inversion_steps to divide 1000 // steps",
-    "guidance": "classifier-free guidance scale: higher follows the prompt more closely",
-    "pnp_f_t": "fraction of the first steps with PnP residual-feature injection (structure from the source)",
-    "pnp_attn_t": "fraction of the first steps with PnP self-attention query/key injection",
-    "edit_mode": "pnp: inject source features (default); sdedit: start part-way from the inverted noise",
-    "sdedit_strength": "sdedit only: the fraction of the schedule that is re-denoised",
-    "method": "tokenflow (keyframes + propagation) or per-frame (PnP on each frame alone: the baseline)",
-    "keyframe_stride": "one keyframe per this many frames (the reference's batch size)",
-    "keyframe_mode": "fixed: evenly spaced, the same at every step (preview matches the result); "
-    "resample: one random keyframe per block, re-drawn each step (the reference)",
-    "seed": "random seed (keyframe draws)",
-    "size": "long side of the working size in pixels, a multiple of 64; the aspect ratio is kept (the short "
-    "side is padded to a multiple of 64 and cropped back); results come back at the source size",
-    "chunk_size": "frames per UNet call: lower it when the GPU runs out of memory",
-    "keyframe_batch": "keyframes that attend to each other jointly in one UNet call; beyond this, "
-    "keyframes go in groups with their neighbours and a few global anchors (bounded memory for long shots)",
-    "keyframe_anchors": "global anchor keyframes every group also attends to, when keyframes are grouped",
-    "match_scope": "level: one nearest-neighbour search per resolution level, shared by that level's "
-    "self-attention layers; layer: one at every layer (the reference, slower)",
-    "match_reuse": "fraction of the last steps that reuse the nearest-neighbour fields of the step "
-    "before them (0: search at every step)",
-    "match_dims": "search nearest neighbours in a random projection to this many dimensions (0: full width)",
-    "evaluate": "measure temporal consistency (warp error etc.) of the result and report it in 'done'",
-}
+NO_FLAG = protocol.Field("", "string", "", flag=False)
+# The job fields `edit` offers as flags (their help and bounds: protocol.FIELDS, shared with the job
+# file's validation and Blender's properties).
+# In the job's field order, as `edit --help` has always listed them.
+FLAGS = [
+    protocol.FIELDS[f.name]
+    for f in fields(protocol.Job)
+    if f.name in protocol.FIELDS and protocol.FIELDS[f.name].flag
+]
 
 
 def _setup_logging() -> None:
@@ -84,31 +56,26 @@ def _quiet_libraries() -> None:
 
 
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
-    for f in fields(protocol.Job):
-        if f.name not in OPTION_HELP:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(DEFAULTS, f.name)
-        help_text = OPTION_HELP[f.name]
+    groups: dict[str, Any] = {"": parser}
+    for spec in FLAGS:
+        if spec.group not in groups:
+            groups[spec.group] = parser.add_argument_group(spec.group)
+        target = groups[spec.group]
+        flag = "--" + spec.name.replace("_", "-")
+        default = getattr(DEFAULTS, spec.name)
+        help_text = spec.help
         if "(default" not in help_text:  # a default the help explains itself is not repeated
             help_text += f" (default: {default!r})"
-        if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", help=OPTION_HELP[f.name])
+        if spec.kind == "bool":
+            target.add_argument(flag, action="store_true", help=spec.help)
         else:
-            kind = type(default) if not isinstance(default, str) else str
-            choices = {
-                "stage": protocol.STAGES_OF_JOB,
-                "keyframe_mode": protocol.KEYFRAME_MODES,
-                "edit_mode": protocol.EDIT_MODES,
-                "method": protocol.METHODS,
-                "match_scope": protocol.MATCH_SCOPES,
-                "device": protocol.DEVICES,
-            }.get(f.name)
-            parser.add_argument(flag, type=kind, default=default, choices=choices, help=help_text)
+            kind = {"int": int, "number": float}.get(spec.kind, str)
+            choices = spec.choices or None
+            target.add_argument(flag, type=kind, default=default, choices=choices, help=help_text)
 
 
 def _frames_in(folder: str) -> list[str]:
-    from .preflight import SUPPORTED
+    from .run.preflight import SUPPORTED
 
     path = Path(folder)
     if not path.is_dir():
@@ -116,36 +83,20 @@ def _frames_in(folder: str) -> list[str]:
     return [str(p) for p in sorted(path.iterdir()) if p.suffix.lower() in SUPPORTED and p.is_file()]
 
 
-def _add_plate_options(parser: argparse.ArgumentParser) -> None:
-    """`edit`'s colour-space and matte flags (the job's colorspace, ocio_config and matte fields)."""
-    group = parser.add_argument_group("colour and matte")
-    group.add_argument(
-        "--colorspace",
-        default="",
-        help="the frames' colour space in the OCIO config (e.g. ACEScg for an EXR plate); empty: sRGB files",
-    )
-    group.add_argument("--ocio-config", default="", help="the OCIO config (default: $OCIO)")
-    group.add_argument(
+def _add_matte_folder(parser: argparse.ArgumentParser) -> None:
+    """`edit --matte DIR`: the job's `matte` list, from a folder (the other colour and matte flags are
+    table fields, added with the job options)."""
+    parser.add_argument(
         "--matte",
         default="",
         metavar="DIR",
         help="folder of matte images, one per frame in name order: "
         "the edit is limited to where they are white",
     )
-    group.add_argument(
-        "--matte-channel",
-        default="auto",
-        choices=protocol.MATTE_CHANNELS,
-        help="auto: alpha if the matte has one, else luminance",
-    )
-    group.add_argument("--matte-invert", action="store_true", help="edit where the matte is black")
-    group.add_argument(
-        "--matte-feather", type=float, default=0.0, help="soft matte edge, in source pixels (default: 0)"
-    )
 
 
 def _plate_fields(args: argparse.Namespace) -> dict:
-    from .frames import SUPPORTED
+    from .run.preflight import SUPPORTED
 
     matte: list[str] = []
     if args.matte:
@@ -164,7 +115,7 @@ def _plate_fields(args: argparse.Namespace) -> dict:
 
 
 def _fail(kind: str, message: str) -> int:
-    from .events import Emitter
+    from .run.events import Emitter
 
     Emitter()(protocol.EVENT_ERROR, kind=kind, message=message)  # a closed stdout is no traceback
     return protocol.EXIT_CODES[kind]
@@ -173,8 +124,8 @@ def _fail(kind: str, message: str) -> int:
 def _run_job(job: protocol.Job) -> int:
     """Check everything that needs no model first (no torch yet), then run the job."""
     from .errors import EngineError
-    from .events import CancelToken, Emitter
-    from .preflight import check
+    from .run.events import CancelToken, Emitter
+    from .run.preflight import check
 
     cancel = CancelToken()
     cancel.listen(stdin=True)  # before the slow imports: a caller that dies meanwhile is noticed
@@ -186,7 +137,7 @@ def _run_job(job: protocol.Job) -> int:
     try:
         with cancel.interruptible():  # the ML stack's import takes seconds
             _quiet_libraries()
-            from .runner import execute
+            from .run.execute import execute
     except EngineError as exc:  # cancelled meanwhile
         ready.release()
         emit(protocol.EVENT_CANCELLED, message=exc.message)
@@ -238,12 +189,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     try:
-        values = {name: getattr(args, name) for name in OPTION_HELP}
+        values = {spec.name: getattr(args, spec.name) for spec in FLAGS}
         values.update(_plate_fields(args))
         job = protocol.Job(frames=_frames_in(args.frames), output=args.out, prompt=args.prompt, **values)
         if args.model_config:
             job.extra["model_config"] = args.model_config
-        # Preview variations (engine/variations.py): one entry per --vary-prompt, then per --vary-seed.
+        # Preview variations (engine/run/variations.py): one entry per --vary-prompt, then per --vary-seed.
         job.variations = [{"prompt": p} for p in args.vary_prompt] + [{"seed": n} for n in args.vary_seed]
         if args.frame_range:
             start, _, end = args.frame_range.partition(":")
@@ -266,8 +217,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     import diffusers
     import torch
 
-    from . import devices
     from .errors import EngineError
+    from .model import devices
 
     try:
         placement = devices.choose(args.device)
@@ -290,7 +241,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
-    from .tiny_model import make_tiny_model
+    from .model.tiny_model import make_tiny_model
 
     folder = Path(args.folder)
     if folder.exists() and any(folder.iterdir()):
@@ -302,7 +253,7 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from .errors import EngineError
-    from .merge import merge
+    from .run.merge import merge
 
     try:
         done = merge(args.parts, args.out)
@@ -404,7 +355,7 @@ def build_parser(with_evaluate: bool = True) -> argparse.ArgumentParser:
         help="preview a variation with this seed",
     )
     _add_job_options(edit)
-    _add_plate_options(edit)
+    _add_matte_folder(edit)
     edit.set_defaults(func=cmd_edit)
 
     merge = sub.add_parser(
@@ -431,7 +382,7 @@ def build_parser(with_evaluate: bool = True) -> argparse.ArgumentParser:
         sub.add_parser("evaluate", help=evaluate_help)
         return parser
     try:
-        from . import evaluate
+        from .quality import evaluate
     except ImportError:  # only when the metrics stack is missing
         evaluate = None  # type: ignore[assignment]
     if evaluate is not None:

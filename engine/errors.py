@@ -1,4 +1,9 @@
-"""Errors the engine reports to its caller as an `error` event with a kind and a fixable message."""
+"""Errors the engine reports to its caller as an `error` event with a kind and a fixable message.
+
+The one error hierarchy of the engine: every kind is an :class:`EngineError` (a job that fails
+validation, :class:`engine.protocol.JobError`, is a :class:`BadInput`). Standard library only and
+importing nothing of the engine, so that :mod:`engine.protocol` can build on it.
+"""
 
 from __future__ import annotations
 

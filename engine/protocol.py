@@ -1,8 +1,9 @@
 """The job/event protocol between Blender (or any caller) and the engine.
 
-Standard library only: the Blender side imports this module from Blender's own Python, the
-engine imports it from its environment. A job is one JSON object (a :class:`Job`); the engine
-answers with JSON lines on stdout, one event each, and an exit code from :data:`EXIT_CODES`.
+Standard library only (and :mod:`engine.errors`, which is too): the Blender side imports this module
+from Blender's own Python, the engine imports it from its environment. A job is one JSON object (a
+:class:`Job`); the engine answers with JSON lines on stdout, one event each, and an exit code from
+:data:`EXIT_CODES`. Each job field's type, bounds and help are in :data:`FIELDS`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from .errors import BadInput
 
 PROTOCOL_VERSION = 1
 # Job versions this engine reads; a job of another version is refused with this list.
@@ -93,11 +96,226 @@ MATCH_SCOPES = ("layer", "level")
 MATTE_CHANNELS = ("auto", "alpha", "luminance")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+TRAIN_TIMESTEPS = 1000  # Stable Diffusion 1.x / 2.x
 DEFAULT_NEGATIVE = "ugly, blurry, low res, unrealistic, unaesthetic"
 
 
-class JobError(ValueError):
-    """A job that cannot run as written; the message names the field and the fix."""
+class JobError(BadInput, ValueError):
+    """A job that cannot run as written; the message names the field and the fix.
+
+    A kind of engine error (kind `bad_input`, exit code 2) like any other bad input; still a
+    ValueError for callers that validate plain values."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One job field's contract: its type, bounds and one line of help.
+
+    Validation (:meth:`Job.validate`), the command line's flags and help (engine/cli.py) and the
+    Blender properties' descriptions and limits (tokenflow_blender's settings) are built from
+    :data:`FIELDS`, so a bound or a sentence is written once.
+    """
+
+    name: str
+    kind: str  # "int", "number", "choice", "bool" or "string"
+    help: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    low_open: bool = False  # the lower bound itself is not allowed (a number in (low, high])
+    flag: bool = True  # offered as a flag of `python -m engine edit`
+    group: str = ""  # the flag's group in `edit --help` ("": the general options)
+
+    def check(self, value: Any) -> None:
+        """Raise :class:`JobError` naming the field when `value` is of the wrong type or out of range."""
+        if self.kind == "int":
+            _integer(self.name, value, int(self.low), int(self.high))
+        elif self.kind == "number":
+            _number(self.name, value, self.low, self.high, self.low_open)
+        elif self.kind == "choice":
+            _choice(self.name, value, self.choices)
+        elif self.kind == "bool":
+            _boolean(self.name, value)
+        else:
+            _string(self.name, value)
+
+
+PLATE_GROUP = "colour and matte"
+# In the order the checks run: the first field out of range is the one an error names.
+FIELDS: dict[str, Field] = {
+    f.name: f
+    for f in (
+        Field(
+            "negative_prompt",
+            "string",
+            "what the edit should avoid (classifier-free guidance's negative prompt)",
+        ),
+        Field(
+            "source_prompt",
+            "string",
+            "a description of the source shot, used for the DDIM inversion (may be empty)",
+        ),
+        Field(
+            "cache_dir",
+            "string",
+            "where inversions are cached (default $TOKENFLOW_CACHE or ~/.cache/tokenflow)",
+        ),
+        Field(
+            "model",
+            "string",
+            "a diffusers hub id, a local diffusers folder, or a single-file .safetensors checkpoint "
+            "(Stable Diffusion 1.x / 2.x)",
+        ),
+        Field(
+            "evaluate",
+            "bool",
+            "measure temporal consistency (warp error etc.) of the result and report it in 'done'",
+        ),
+        Field(
+            "stage",
+            "choice",
+            "'preview' denoises only the keyframes (about K/N of the cost); 'propagate' edits every frame; "
+            "'invert' only fills the inversion cache (a farm's prepare task)",
+            choices=STAGES_OF_JOB,
+        ),
+        Field(
+            "keyframe_mode",
+            "choice",
+            "fixed: evenly spaced, the same at every step (preview matches the result); "
+            "resample: one random keyframe per block, re-drawn each step (the reference)",
+            choices=KEYFRAME_MODES,
+        ),
+        Field(
+            "edit_mode",
+            "choice",
+            "pnp: inject source features (default); sdedit: start part-way from the inverted noise",
+            choices=EDIT_MODES,
+        ),
+        Field(
+            "method",
+            "choice",
+            "tokenflow (keyframes + propagation) or per-frame (PnP on each frame alone: the baseline)",
+            choices=METHODS,
+        ),
+        Field("device", "choice", "auto picks CUDA, then Apple MPS, then the CPU (slow)", choices=DEVICES),
+        Field(
+            "steps",
+            "int",
+            "DDIM steps of the edit, and of the inversion unless the inversion steps are set (the inversion "
+            "is cached per frame for its steps)",
+            1,
+            1000,
+        ),
+        Field(
+            "inversion_steps",
+            "int",
+            "DDIM steps of the inversion, 0: as the steps. More than the steps (e.g. 50 for 25, as the "
+            "reference inverts finely and edits coarsely) needs 1000 // inversion_steps to divide "
+            "1000 // steps",
+            0,
+            TRAIN_TIMESTEPS,
+        ),
+        Field(
+            "keyframe_stride",
+            "int",
+            "one keyframe per this many frames (the reference's batch size)",
+            1,
+            1000,
+        ),
+        Field("chunk_size", "int", "frames per UNet call: lower it when the GPU runs out of memory", 1, 256),
+        Field(
+            "keyframe_batch",
+            "int",
+            "keyframes that attend to each other jointly in one UNet call; beyond this, keyframes go in "
+            "groups with their neighbours and a few global anchors (bounded memory for long shots)",
+            1,
+            1024,
+        ),
+        Field(
+            "keyframe_anchors",
+            "int",
+            "global anchor keyframes every group also attends to, when keyframes are grouped",
+            0,
+            64,
+        ),
+        Field(
+            "match_scope",
+            "choice",
+            "level: one nearest-neighbour search per resolution level, shared by that level's "
+            "self-attention layers; layer: one at every layer (the reference, slower)",
+            choices=MATCH_SCOPES,
+        ),
+        Field(
+            "match_reuse",
+            "number",
+            "fraction of the last steps that reuse the nearest-neighbour fields of the step before them "
+            "(0: search at every step)",
+            0.0,
+            1.0,
+        ),
+        Field(
+            "match_dims",
+            "int",
+            "search nearest neighbours in a random projection to this many dimensions (0: full width)",
+            0,
+            4096,
+        ),
+        Field("seed", "int", "random seed (keyframe draws)", 0, 2**32 - 1),
+        Field(
+            "size",
+            "int",
+            "long side of the working size in pixels, a multiple of 64; the aspect ratio is kept (the short "
+            "side is padded to a multiple of 64 and cropped back); results come back at the source size",
+            64,
+            4096,
+        ),
+        Field(
+            "guidance",
+            "number",
+            "classifier-free guidance scale: higher follows the prompt more closely",
+            0.0,
+            50.0,
+        ),
+        Field(
+            "pnp_f_t",
+            "number",
+            "fraction of the first steps with PnP residual-feature injection (structure from the source)",
+            0.0,
+            1.0,
+        ),
+        Field(
+            "pnp_attn_t",
+            "number",
+            "fraction of the first steps with PnP self-attention query/key injection",
+            0.0,
+            1.0,
+        ),
+        Field(
+            "sdedit_strength",
+            "number",
+            "sdedit only: the fraction of the schedule that is re-denoised",
+            0.0,
+            1.0,
+            low_open=True,
+        ),
+        Field(
+            "colorspace",
+            "string",
+            "the frames' colour space in the OCIO config (e.g. ACEScg for an EXR plate); empty: sRGB files",
+            group=PLATE_GROUP,
+        ),
+        Field("ocio_config", "string", "the OCIO config (default: $OCIO)", group=PLATE_GROUP),
+        Field(
+            "matte_channel",
+            "choice",
+            "auto: alpha if the matte has one, else luminance",
+            choices=MATTE_CHANNELS,
+            group=PLATE_GROUP,
+        ),
+        Field("matte_invert", "bool", "edit where the matte is black", group=PLATE_GROUP),
+        Field("matte_feather", "number", "soft matte edge, in source pixels", 0.0, 1000.0, group=PLATE_GROUP),
+    )
+}
 
 
 @dataclass
@@ -130,7 +348,7 @@ class Job:
     chunk_size: int = 8
     keyframe_batch: int = 8
     keyframe_anchors: int = 3
-    # How propagation searches its nearest-neighbour fields (engine/matching.py, MatchOptions). The
+    # How propagation searches its nearest-neighbour fields (engine/method/matching.py, MatchOptions). The
     # defaults are the cheaper search that bench/edit_bench.py found as good as the exact one ("layer", 0).
     match_scope: str = "level"
     match_reuse: float = 0.2  # a fraction of the steps, as pnp_f_t
@@ -149,7 +367,7 @@ class Job:
     # [start, end): produce only these frames (a farm chunk); start and end on keyframe-stride
     # multiples (end may be the shot's end). None produces the whole shot.
     frame_range: list[int] | None = None
-    # Preview variations (engine/variations.py): each entry {"seed": int} and/or {"prompt": str}
+    # Preview variations (engine/run/variations.py): each entry {"seed": int} and/or {"prompt": str}
     # overrides the job's; one run previews them all into `variation_output(output, i)` folders.
     variations: list[dict[str, Any]] = field(default_factory=list)
     version: int = PROTOCOL_VERSION
@@ -200,35 +418,15 @@ class Job:
             raise JobError(f"'output' must be a string (a folder path), got {self.output!r}")
         if self.stage != STAGE_INVERT and not self.output.strip():
             raise JobError("'output' must name a folder that does not exist yet")
-        for name in ("negative_prompt", "source_prompt", "cache_dir", "model"):
-            _string(name, getattr(self, name))
-        _boolean("evaluate", self.evaluate)
         if not isinstance(self.extra, dict):
             raise JobError(f"'extra' must be an object (a dict of settings), got {self.extra!r}")
         if not isinstance(self.extra.get("model_config", ""), str):
             raise JobError("'extra.model_config' must be a string (a local diffusers folder)")
-        _choice("stage", self.stage, STAGES_OF_JOB)
-        _choice("keyframe_mode", self.keyframe_mode, KEYFRAME_MODES)
-        _choice("edit_mode", self.edit_mode, EDIT_MODES)
-        _choice("method", self.method, METHODS)
-        _choice("device", self.device, DEVICES)
-        _integer("steps", self.steps, 1, 1000)
+        for spec in FIELDS.values():
+            spec.check(getattr(self, spec.name))
         _validate_inversion_steps(self.steps, self.inversion_steps)
-        _integer("keyframe_stride", self.keyframe_stride, 1, 1000)
-        _integer("chunk_size", self.chunk_size, 1, 256)
-        _integer("keyframe_batch", self.keyframe_batch, 1, 1024)
-        _integer("keyframe_anchors", self.keyframe_anchors, 0, 64)
-        _choice("match_scope", self.match_scope, MATCH_SCOPES)
-        _number("match_reuse", self.match_reuse, 0.0, 1.0)
-        _integer("match_dims", self.match_dims, 0, 4096)
-        _integer("seed", self.seed, 0, 2**32 - 1)
-        _integer("size", self.size, 64, 4096)
         if self.size % 64:
             raise JobError(f"'size' is {self.size}: the working size must be a multiple of 64 (e.g. 512)")
-        _number("guidance", self.guidance, 0.0, 50.0)
-        _number("pnp_f_t", self.pnp_f_t, 0.0, 1.0)
-        _number("pnp_attn_t", self.pnp_attn_t, 0.0, 1.0)
-        _number("sdedit_strength", self.sdedit_strength, 0.0, 1.0, low_open=True)
         self._validate_range()
         _validate_matte_fields(self)
         _validate_variations(self)
@@ -259,9 +457,6 @@ class Job:
             raise JobError("'frame_range' is for propagate chunks; a preview always covers the keyframes")
 
 
-TRAIN_TIMESTEPS = 1000  # Stable Diffusion 1.x / 2.x
-
-
 def leading_timesteps(steps: int) -> set[int]:
     """DDIM timesteps (less the scheduler's steps_offset) of `steps` steps with diffusers' 'leading'
     spacing over 1000 training timesteps: what SD 1.x / 2.x schedulers use."""
@@ -277,7 +472,6 @@ def _validate_inversion_steps(steps: int, inversion_steps: Any) -> None:
     miss 3 steps' 333 and 666), nor only then (500 cover 7). Checked here for the standard schedule; the
     engine checks the model's own schedule exactly before inverting.
     """
-    _integer("inversion_steps", inversion_steps, 0, TRAIN_TIMESTEPS)
     if inversion_steps in (0, steps):
         return
     edit = leading_timesteps(steps)
@@ -348,10 +542,8 @@ def _validate_variations(job: Job) -> None:
 
 
 def _validate_matte_fields(job: Job) -> None:
-    """Type and range of the colour and matte fields (the engine checks the files themselves)."""
-    for name in ("colorspace", "ocio_config"):
-        if not isinstance(getattr(job, name), str):
-            raise JobError(f"'{name}' must be a string, got {getattr(job, name)!r}")
+    """The matte list (its channel, inversion and feather are in :data:`FIELDS`; the engine checks
+    the files themselves)."""
     if not isinstance(job.matte, list) or not all(isinstance(f, str) for f in job.matte):
         raise JobError("'matte' must be a list of image file paths, one per frame (or empty)")
     if job.matte and len(job.matte) != len(job.frames):
@@ -359,9 +551,6 @@ def _validate_matte_fields(job: Job) -> None:
             f"'matte' has {len(job.matte)} frames but the shot has {len(job.frames)}; "
             "give one matte image per frame"
         )
-    _choice("matte_channel", job.matte_channel, MATTE_CHANNELS)
-    _boolean("matte_invert", job.matte_invert)
-    _number("matte_feather", job.matte_feather, 0.0, 1000.0)
 
 
 def _validate_version(version: Any) -> None:

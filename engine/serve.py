@@ -12,7 +12,7 @@ answered with the same events on stdout, then a `ready` event. Lines that are no
 - no job for ``--idle-timeout`` seconds exits, as does SIGTERM / SIGINT (after cancelling).
 
 The model stays loaded per (model, device, model_config); a job for another one unloads the old
-model first. engine/runner.execute stays the one place that runs a job: the server gives it a
+model first. engine/run/execute.py stays the one place that runs a job: the server gives it a
 loader (the kept model or a fresh load) and its bounded in-memory inversions.
 """
 
@@ -30,8 +30,8 @@ import threading
 from typing import Any, TextIO
 
 from . import protocol
-from .events import CancelToken, Emitter
-from .memo import Bounded, tensor_bytes
+from .cache.memo import Bounded, tensor_bytes
+from .run.events import CancelToken, Emitter
 
 log = logging.getLogger(__name__)
 DEFAULT_IDLE_TIMEOUT = 600.0  # seconds
@@ -147,7 +147,7 @@ class Server:
 
     def run_line(self, text: str, token: CancelToken) -> int:
         """Run one job line; a line that is not a valid job gets an error event."""
-        from .runner import execute
+        from .run.execute import execute
 
         try:
             data = json.loads(text)
@@ -173,8 +173,8 @@ class Server:
     # -- the model ---------------------------------------------------------------------------
     def model_for(self, job: protocol.Job) -> Any:
         """The loaded model if the job asks for it, else the old one unloaded and this one loaded."""
-        from . import devices
-        from .models import load
+        from .model import devices
+        from .model.loading import load
 
         key = (job.model, job.device, str(job.extra.get("model_config", "")))
         if self.model is not None and key == self.key:

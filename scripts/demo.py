@@ -172,7 +172,7 @@ def main(argv: list[str]) -> int:
         state = bpy.context.window_manager.tokenflow_job
         if state.quality:
             say(f"consistency: {state.quality} (the panel shows the same line)")
-        result = pkg.strips.find_strip(scene, state.result_strip)
+        result = pkg.sequencer.strips.find_strip(scene, state.result_strip)
         contact_sheet(bpy, pkg, source, result, keyframes, work_sheet)
         bpy.ops.wm.save_as_mainfile(filepath=str(blend))
         os.replace(work_sheet, sheet)
@@ -219,7 +219,7 @@ def build_scene(bpy, pkg, frames: list[Path]):
         strip.elements.append(f.name)
     strip.colorspace_settings.name = "sRGB"
     ed.active_strip = strip
-    info = pkg.imageinfo.read_info(str(frames[0]))
+    info = pkg.sequencer.imageinfo.read_info(str(frames[0]))
     scene.render.resolution_x, scene.render.resolution_y = info.width, info.height
     scene.render.resolution_percentage = 100
     scene.render.fps = 25
@@ -237,7 +237,7 @@ def run(bpy, pkg, stage: str, timeout: float) -> dict:
         op()
     except RuntimeError as exc:
         fail(str(exc).replace("Error: ", "", 1).strip())
-    task = pkg.controller.get("edit")
+    task = pkg.runs.registry.get("edit")
     last, end = ("", -1), time.monotonic() + timeout
     while pkg.jobs.tick() or task.running:
         state = bpy.context.window_manager.tokenflow_job

@@ -88,7 +88,7 @@ if [ "${TOKENFLOW_TEST_LANES:-2}" = 1 ]; then
   done
 else
   # Each suite keeps about one core busy, so one after another the second core mostly idles. Two
-  # lanes of about equal CPU time use both cores (the figures: docs in README.md, "Tests").
+  # lanes of about equal CPU time use both cores (each suite takes 3.5-5 minutes here).
   # The suites share nothing they write: each Blender session has its own HOME, assets and engine
   # cache, and pytest's numbered temporary folders are made for concurrent sessions.
   echo "== engine tests and extension tests in Blender 4.2, 4.5, 5.0, 5.2, 5.1: two lanes at once (engine, 4.2, 5.1 | 5.2, 5.0, 4.5); logs follow"

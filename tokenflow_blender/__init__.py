@@ -1,16 +1,25 @@
-"""Blender glue for TokenFlow: settings, preferences, operators, strip I/O and the job controller.
-
-Nothing here imports torch, diffusers or numpy: the engine runs as a subprocess (see `engine/`).
-Plain-Python parts (`controller`, `planning`, `imageinfo`, `engine_env`, `flamenco`, `farm_task`)
-hold the logic; the bpy parts (`properties`, `preferences`, `operators`, `strips`, `jobs`,
-`farm_jobs`) stay thin over them.
-"""
+"""Blender glue: session, jobs (scripts) and settings/ runs/ edit/ takes/ farm/ sequencer/; no ui/, torch."""
 
 from __future__ import annotations
 
-from . import jobs, operators, preferences, properties, takes_ops
+from . import session
+from .edit import operators as edit_operators
+from .farm import operators as farm_operators
+from .sequencer import operators as sequencer_operators
+from .settings import preferences, properties
+from .takes import listing
+from .takes import operators as takes_operators
 
-_modules = (properties, preferences, operators, jobs, takes_ops)
+_modules = (
+    properties,
+    preferences,
+    edit_operators,
+    farm_operators,
+    sequencer_operators,
+    session,
+    listing,
+    takes_operators,
+)
 
 
 def register() -> None:

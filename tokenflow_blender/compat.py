@@ -2,9 +2,9 @@
 
 4.4 renamed `Sequence` to `Strip` and added `ed.strips`; 5.0 removed `ed.sequences`,
 `context.active_sequence_strip` and added `context.sequencer_scene` (which may be None).
-5.2 gave strips a time model of its own: `left_handle` / `right_handle` are the timeline frames
-where a strip starts and stops showing, and reading `frame_final_start`, `frame_final_end`,
-`frame_final_duration`, `frame_start` or the offsets warns that Blender 6.0 removes them.
+5.1 gave strips a time model of its own (5.2 keeps it): `left_handle` / `right_handle` are the
+timeline frames where a strip starts and stops showing, and reading `frame_final_start`,
+`frame_final_end`, `frame_final_duration`, `frame_start` or the offsets warns that 6.0 removes them.
 Each function here asks for what a version offers (the newer name first), never for a version number.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 def span(strip: Any) -> tuple[int, int]:
     """The timeline frames `[first, end)` where `strip` shows: its handles, after every trim.
 
-    5.2's `left_handle` / `right_handle` where they exist (checked first: asking `hasattr` for
+    5.1+'s `left_handle` / `right_handle` where they exist (checked first: asking `hasattr` for
     the old names would itself warn), else `frame_final_start` / `frame_final_end`.
     """
     if hasattr(strip, "left_handle"):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.tiny_model import SD_SCHEDULER, clip_text_encoder, sd_unet, sd_vae
+from engine.model.tiny_model import SD_SCHEDULER, clip_text_encoder, sd_unet, sd_vae
 
 
 @dataclass(frozen=True)

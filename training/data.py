@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.frames import working_size  # noqa: E402
+from engine.images.frames import working_size  # noqa: E402
 from tests.clips import clip_path  # noqa: E402
 
 from .styles import STYLES  # noqa: E402

@@ -1,7 +1,7 @@
 """The real CLIP tokenizer (49408 tokens) from the BPE list that ships in the open-clip-torch wheel.
 
-transformers 5.x builds a useless tokenizer from `vocab_file=` paths (environment.md), so the files are
-written here and loaded with `from_pretrained`, with CLIP's model_max_length of 77.
+transformers 5.x builds a useless tokenizer from `vocab_file=` paths (shared/reference/environment.md),
+so the files are written here and loaded with `from_pretrained`, with CLIP's model_max_length of 77.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import gzip
 import importlib.util
 from pathlib import Path
 
-from engine.tiny_model import write_clip_tokenizer
+from engine.model.tiny_model import write_clip_tokenizer
 
 
 def _bpe_path() -> Path:

@@ -1,4 +1,4 @@
-"""The Sequencer sidebar tab "TokenFlow"."""
+"""The Sequencer sidebar tab "TokenFlow": reads the job state and slots, never the registry's internals."""
 
 from __future__ import annotations
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import bpy
 
-from ..tokenflow_blender import compat, controller, convert, jobs, preferences, warm
+from ..tokenflow_blender import compat
+from ..tokenflow_blender.runs import registry, warm
+from ..tokenflow_blender.sequencer import convert
+from ..tokenflow_blender.session import SLOT_CONVERT, SLOT_EDIT, SLOT_FARM
+from ..tokenflow_blender.settings import preferences
 
 
-class _TokenFlowPanel:
+class TokenFlowPanel:
     bl_space_type = "SEQUENCE_EDITOR"
     bl_region_type = "UI"
     bl_category = "TokenFlow"
@@ -17,7 +21,7 @@ class _TokenFlowPanel:
         return compat.scene_of(context) is not None
 
 
-class SEQUENCER_PT_tokenflow(_TokenFlowPanel, bpy.types.Panel):
+class SEQUENCER_PT_tokenflow(TokenFlowPanel, bpy.types.Panel):
     bl_label = "TokenFlow"
 
     def draw(self, context: bpy.types.Context) -> None:
@@ -36,7 +40,7 @@ class SEQUENCER_PT_tokenflow(_TokenFlowPanel, bpy.types.Panel):
         col.prop(settings, "source_prompt")
         col.prop(settings, "model", placeholder=preferences.default_model())
 
-        running = controller.running(jobs.SLOT_EDIT) is not None
+        running = registry.running(SLOT_EDIT) is not None
         row = layout.row(align=True)
         row.scale_y = 1.3
         row.enabled = not running
@@ -58,7 +62,7 @@ class SEQUENCER_PT_tokenflow(_TokenFlowPanel, bpy.types.Panel):
         if state.error:
             box = layout.box()
             box.alert = True
-            for i, line in enumerate(_wrap(state.error, 48)[:8]):
+            for i, line in enumerate(wrap(state.error, 48)[:8]):
                 box.label(text=line, icon="ERROR" if i == 0 else "BLANK1")
         if state.log_path:
             layout.operator("sequencer.tokenflow_show_log", icon="TEXT")
@@ -66,7 +70,7 @@ class SEQUENCER_PT_tokenflow(_TokenFlowPanel, bpy.types.Panel):
             layout.operator("sequencer.tokenflow_unload_model", icon="UNLINKED")
 
 
-class SEQUENCER_PT_tokenflow_settings(_TokenFlowPanel, bpy.types.Panel):
+class SEQUENCER_PT_tokenflow_settings(TokenFlowPanel, bpy.types.Panel):
     bl_label = "Settings"
     bl_parent_id = "SEQUENCER_PT_tokenflow"
     bl_options = {"DEFAULT_CLOSED"}
@@ -96,7 +100,7 @@ class SEQUENCER_PT_tokenflow_settings(_TokenFlowPanel, bpy.types.Panel):
         col.prop(settings, "output_dir")
 
 
-class SEQUENCER_PT_tokenflow_farm(_TokenFlowPanel, bpy.types.Panel):
+class SEQUENCER_PT_tokenflow_farm(TokenFlowPanel, bpy.types.Panel):
     """Submit to Farm: the shot as a Flamenco job; its result comes back like a local Propagate."""
 
     bl_label = "Farm"
@@ -108,7 +112,7 @@ class SEQUENCER_PT_tokenflow_farm(_TokenFlowPanel, bpy.types.Panel):
         layout = self.layout
         layout.label(text=f"Manager: {preferences.farm_manager_url() or 'not set'}", icon="NETWORK_DRIVE")
         layout.prop(settings, "farm_chunk_size")
-        running = controller.running(jobs.SLOT_FARM) is not None
+        running = registry.running(SLOT_FARM) is not None
         row = layout.row()
         row.enabled = not running
         row.operator("sequencer.tokenflow_submit_farm", icon="EXPORT")
@@ -126,13 +130,13 @@ class SEQUENCER_PT_tokenflow_farm(_TokenFlowPanel, bpy.types.Panel):
                 row.operator("wm.url_open", text="Open in Manager", icon="URL").url = state.farm_web_page
             row.operator("sequencer.tokenflow_cancel_farm", icon="CANCEL")
         elif state.farm_status in ("DONE", "CANCELLED") and state.farm_message:
-            for i, line in enumerate(_wrap(state.farm_message, 48)[:4]):
+            for i, line in enumerate(wrap(state.farm_message, 48)[:4]):
                 icon = ("CHECKMARK" if state.farm_status == "DONE" else "INFO") if i == 0 else "BLANK1"
                 layout.label(text=line, icon=icon)
         layout.label(text="Frames and Output must be on shared storage", icon="INFO")
 
 
-class SEQUENCER_PT_tokenflow_matte(_TokenFlowPanel, bpy.types.Panel):
+class SEQUENCER_PT_tokenflow_matte(TokenFlowPanel, bpy.types.Panel):
     """The matte that limits the edit: another strip, its channel, invert and feather."""
 
     bl_label = "Matte"
@@ -161,7 +165,7 @@ class SEQUENCER_PT_tokenflow_matte(_TokenFlowPanel, bpy.types.Panel):
 def _draw_convert(layout: bpy.types.UILayout, strip: object) -> None:
     """Convert to Image Sequence: offered for a movie strip and for frames only Blender reads (DPX,
     Cineon, HDR), with progress and cancel while it runs."""
-    task = controller.get(jobs.SLOT_CONVERT)
+    task = registry.get(SLOT_CONVERT)
     if task is not None and task.running:
         box = layout.box()
         box.progress(factor=task.progress, type="BAR", text=task.message[:120])
@@ -178,7 +182,7 @@ def _draw_convert(layout: bpy.types.UILayout, strip: object) -> None:
         layout.label(text=task.message[:160], icon=icon)
 
 
-def _wrap(text: str, width: int) -> list[str]:
+def wrap(text: str, width: int) -> list[str]:
     """Word-wrap a message for labels (a label does not wrap by itself)."""
     lines: list[str] = []
     for paragraph in text.splitlines() or [""]:

@@ -7,32 +7,35 @@ import time
 
 import bpy
 
-from ..tokenflow_blender import compat, controller, jobs, takes, takes_ops
-from .panels import _TokenFlowPanel, _wrap
+from ..tokenflow_blender import compat
+from ..tokenflow_blender.runs import registry
+from ..tokenflow_blender.session import SLOT_EDIT
+from ..tokenflow_blender.takes import listing, manifest
+from .panels import TokenFlowPanel, wrap
 
 
 class SEQUENCER_UL_tokenflow_takes(bpy.types.UIList):
-    """A compact row per take: prompt (shortened), seed, kind, age; only the active source's takes."""
+    """A compact row per take: prompt (shortened), seed, kind, age; only the active source's manifest."""
 
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0, flt_flag=0):
-        prompt, seed, kind, age = takes.row(_as_take(item), time.time())
+        prompt, seed, kind, age = manifest.row(_as_take(item), time.time())
         row = layout.row(align=True)
-        row.label(text=prompt, icon="HIDE_OFF" if kind == takes.PREVIEW else "SEQ_SEQUENCER")
+        row.label(text=prompt, icon="HIDE_OFF" if kind == manifest.PREVIEW else "SEQ_SEQUENCER")
         row.label(text=seed)
         row.label(text=kind)
         row.label(text=age)
 
     def filter_items(self, context, data, propname):
         scene = compat.scene_of(context)
-        source = takes_ops.source_name(context, scene) if scene is not None else ""
+        source = listing.source_name(context, scene) if scene is not None else ""
         items = getattr(data, propname)
         flags = [self.bitflag_filter_item if item.source == source else 0 for item in items]
         return flags, []
 
 
-def _as_take(item) -> takes.Take:
+def _as_take(item) -> manifest.Take:
     """The row's values as a Take (the list rows need no manifest read)."""
-    return takes.Take(
+    return manifest.Take(
         id=item.take_id,
         folder=item.folder,
         kind=item.kind,
@@ -48,7 +51,7 @@ def _as_take(item) -> takes.Take:
     )
 
 
-class SEQUENCER_PT_tokenflow_takes(_TokenFlowPanel, bpy.types.Panel):
+class SEQUENCER_PT_tokenflow_takes(TokenFlowPanel, bpy.types.Panel):
     bl_label = "Takes"
     bl_parent_id = "SEQUENCER_PT_tokenflow"
 
@@ -56,9 +59,9 @@ class SEQUENCER_PT_tokenflow_takes(_TokenFlowPanel, bpy.types.Panel):
         layout = self.layout
         scene = compat.scene_of(context)
         pg = scene.tokenflow_takes
-        running = controller.running(jobs.SLOT_EDIT) is not None
+        running = registry.running(SLOT_EDIT) is not None
 
-        layout.label(text=takes_ops.estimate_line(context, scene), icon="TIME")
+        layout.label(text=listing.estimate_line(context, scene), icon="TIME")
         box = layout.box()
         row = box.row(align=True)
         row.prop(pg, "variation_source", expand=True)
@@ -70,28 +73,28 @@ class SEQUENCER_PT_tokenflow_takes(_TokenFlowPanel, bpy.types.Panel):
         row.enabled = not running
         row.operator("sequencer.tokenflow_preview_variations", icon="RENDERLAYERS")
 
-        source = takes_ops.source_name(context, scene)
+        source = listing.source_name(context, scene)
         header = layout.row()
         header.label(text=f"Takes of {source}" if source else "Takes: select a source strip")
         header.operator("sequencer.tokenflow_refresh_takes", text="", icon="FILE_REFRESH")
         layout.template_list("SEQUENCER_UL_tokenflow_takes", "", pg, "takes", pg, "index", rows=4)
 
-        take = takes_ops.selected(scene)
+        take = listing.selected(scene)
         if take is not None and take.source == source:
             col = layout.box().column(align=True)
-            for line in takes.details(take):
-                for part in _wrap(line, 48)[:2]:
+            for line in manifest.details(take):
+                for part in wrap(line, 48)[:2]:
                     col.label(text=part)
             row = layout.row(align=True)
             row.operator("sequencer.tokenflow_restore_take", icon="LOOP_BACK")
             row.operator("sequencer.tokenflow_solo_take", icon="SOLO_ON")
             row = layout.row(align=True)
             row.enabled = not running
-            if take.kind == takes.PREVIEW:
+            if take.kind == manifest.PREVIEW:
                 row.operator("sequencer.tokenflow_propagate_take", icon="SEQ_SEQUENCER")
             row.operator("sequencer.tokenflow_delete_take", icon="TRASH")
         for note in pg.notes.splitlines()[:3]:
-            for i, part in enumerate(_wrap(f"Skipped: {note}", 48)[:3]):
+            for i, part in enumerate(wrap(f"Skipped: {note}", 48)[:3]):
                 layout.label(text=part, icon="ERROR" if i == 0 else "BLANK1")
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 import numpy as np
 import PyOpenColorIO as OCIO
 
-from .errors import BadInput
+from ..errors import BadInput
 
 # OCIO's built-in config defines the reference sRGB the working space is matched against.
 REFERENCE_CONFIG = "ocio://default"

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import BadInput
 from . import colour as colours
 from . import frames, plates
-from .errors import BadInput
 from .matte import Matte
 from .matte import from_job as matte_from_job
 

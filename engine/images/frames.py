@@ -18,9 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..errors import BadInput
+from ..run.preflight import frame_file
 from . import plates
-from .errors import BadInput
-from .preflight import SUPPORTED, frame_file  # noqa: F401 (SUPPORTED: the engine's image types)
 
 # OpenCV's own thread pool fights torch's OpenMP threads for the cores (spinning waits can make a
 # step ten times slower on a small machine); the image work here is light, so keep it on one thread.

@@ -18,7 +18,7 @@ import numpy as np
 import OpenImageIO as oiio
 import torch
 
-from .errors import BadInput
+from ..errors import BadInput
 
 LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)  # Rec.709 weights, on the file's values
 

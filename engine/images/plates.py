@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import OpenImageIO as oiio
 
-from .errors import BadInput
+from ..errors import BadInput
 
 # As for OpenCV in frames.py: image work is light next to the model's, keep it off torch's cores.
 oiio.attribute("threads", 1)

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 import torch
 from diffusers import DDIMScheduler
 
-from . import attention, keyframes, matte
-from .finite import require_finite
+from ..images import matte
+from ..model.finite import require_finite
+from ..model.loading import Model
+from . import attention, keyframes
 from .matching import MatchOptions
-from .models import Model
 
 
 @dataclass

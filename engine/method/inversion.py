@@ -21,9 +21,9 @@ from diffusers import DDIMInverseScheduler
 from safetensors import safe_open
 from safetensors.torch import save
 
-from .atomic_write import write_atomic
-from .finite import require_finite
-from .models import Model
+from ..cache.atomic_write import write_atomic
+from ..model.finite import require_finite
+from ..model.loading import Model
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # 2: entries carry a checksum of their latents (format-1 entries are not read)

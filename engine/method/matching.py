@@ -8,7 +8,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .protocol import MATCH_SCOPES
+from ..protocol import MATCH_SCOPES
 
 # Among keys as similar as the best to within this, the one at the query's own position wins:
 # flat regions (black letterboxing, sky) hold many identical tokens, and a frame that equals its

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import BadInput
+from ..errors import BadInput
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from .atomic_write import write_atomic
+from ..cache.atomic_write import write_atomic
 
 log = logging.getLogger(__name__)
 HASH = "sha256"  # chosen by measurement: bench/fingerprint_bench.py

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ModelError
+from ..errors import ModelError
 
 
 def require_finite(x: torch.Tensor, where: str, dtype: torch.dtype, guidance: float | None = None) -> None:

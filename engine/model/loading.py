@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from ..errors import ModelError
 from .devices import Placement
-from .errors import ModelError
 from .fingerprint import DigestIndex, files_digest, folder_files
 from .speedups import prepare_unet
 
@@ -47,7 +47,7 @@ class Model:
             log.debug("model fingerprint %s", self._identity[:16])
         return self._identity
 
-    # The warm engine sets a bounded cache of text embeddings per prompt (engine/memo.py); None: none.
+    # The warm engine sets a bounded cache of text embeddings per prompt (engine/cache/memo.py); None: none.
     prompt_cache: Any = None
 
     @property

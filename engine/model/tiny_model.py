@@ -52,7 +52,7 @@ def write_clip_tokenizer(folder: Path, merges: Sequence[tuple[str, ...]] = ()) -
     own list gives OpenAI's ids; none gives a byte-level vocabulary), then the two special tokens.
 
     Written as files and loaded with `from_pretrained` because transformers 5.x builds a useless
-    tokenizer from `vocab_file=` paths (environment.md)."""
+    tokenizer from `vocab_file=` paths (shared/reference/environment.md)."""
     chars = clip_byte_chars()
     tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]

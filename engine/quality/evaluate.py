@@ -3,7 +3,7 @@
     python -m engine evaluate --source DIR --edited DIR [--prompt TEXT] [--json FILE] [--clip PATH]
 
 Frames are matched by file stem (source `frame_0001.jpg` <-> edited `frame_0001.png`, as the engine
-writes them) in name order. The figures are explained in engine/metrics.py and the README ("How good
+writes them) in name order. The figures are explained in engine/quality/metrics.py and the README ("How good
 is the edit?"). The engine calls :func:`evaluate_frames` at the end of a propagate run when the job
 asks for it (`evaluate: true`).
 """
@@ -22,9 +22,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from . import metrics, plates, protocol
-from .errors import BadInput
-from .frames import SUPPORTED, decode_image
+from .. import protocol
+from ..errors import BadInput
+from ..images import plates
+from ..images.frames import decode_image
+from ..run.preflight import SUPPORTED
+from . import metrics
 
 NO_CLIP_NOTE = "not measured: no --clip model folder given"
 NO_PROMPT_NOTE = "not measured: no --prompt given"

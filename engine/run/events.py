@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
-from . import protocol
-from .errors import Cancelled
+from .. import protocol
+from ..errors import Cancelled
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInput
+from ..errors import BadInput
+from ..protocol import MANIFEST
 from .outputs import Destination, refuse_existing, storage_error
-from .protocol import MANIFEST
 
 # Job fields that may differ between chunks of one shot.
 PER_CHUNK = {"output", "frame_range", "cache_dir", "device", "chunk_size", "evaluate", "extra"}

@@ -20,7 +20,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from .errors import BadInput, DiskError, EngineError
+from ..errors import BadInput, DiskError, EngineError
 
 log = logging.getLogger(__name__)
 LOCK_SUFFIX = ".tmp-lock"

@@ -16,13 +16,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import protocol
-from .errors import BadInput
+from .. import protocol
+from ..errors import BadInput
 from .outputs import Destination, storage_error
 
 log = logging.getLogger(__name__)
 
-SUPPORTED = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr")  # EXR plates: engine/plates.py
+SUPPORTED = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr")  # EXR plates: engine/images/plates.py
 # The largest frame the engine decodes: 8192 x 8192 pixels (a frame is held as float32 RGB while it
 # is inverted, 12 bytes a pixel: 0.8 GB at this limit). The working size is at most 4096 anyway.
 MAX_PIXELS = 8192 * 8192

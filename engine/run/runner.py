@@ -13,12 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import delivery, devices, frames, preflight, protocol
-from .editing import Editor, EditSettings, Prompts, decode_chunks, edit_timesteps, injection_steps
-from .errors import BadInput, EngineError, OutOfMemory, is_out_of_memory
-from .events import CancelToken, Emitter, Progress
-from .fingerprint import INDEX_NAME, DigestIndex
-from .inversion import (
+from .. import protocol
+from ..errors import BadInput, EngineError
+from ..images import delivery, frames
+from ..method.editing import Editor, EditSettings, Prompts, decode_chunks, edit_timesteps, injection_steps
+from ..method.inversion import (
     InversionCache,
     InversionSettings,
     encode,
@@ -26,11 +25,15 @@ from .inversion import (
     invert,
     schedule_fingerprint,
 )
-from .matching import MatchOptions
-from .models import Model, load
-from .outputs import Destination, disk_full, refuse_existing, withdraw
-from .preflight import default_cache_dir  # noqa: F401 (where callers have looked for it)
-from .protocol import MANIFEST
+from ..method.matching import MatchOptions
+from ..model import devices
+from ..model.fingerprint import INDEX_NAME, DigestIndex
+from ..model.loading import Model, load
+from ..protocol import MANIFEST
+from . import preflight
+from .events import CancelToken, Emitter, Progress
+from .outputs import Destination, disk_full, refuse_existing
+from .preflight import default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +269,7 @@ class Run:
         self.stats["unet_seconds"] = round(self.stats.get("unet_seconds", 0.0) + time.monotonic() - since, 3)
 
     def _plan_edit(self, settings: EditSettings, editor: Editor, n: int, preview: bool) -> None:
-        from . import keyframes
+        from ..method import keyframes
 
         steps = len(editor.timesteps)
         keys = keyframes.choose(settings.keyframe_mode, n, settings.keyframe_stride, settings.seed, 0)
@@ -346,7 +349,7 @@ class Run:
 
     def _evaluate(self, shot: frames.Shot, edited: Path, produced: list[int]) -> dict[str, Any]:
         """Temporal consistency and structure of the written frames against their sources."""
-        from .evaluate import evaluate_frames
+        from ..quality.evaluate import evaluate_frames
 
         total = len(produced)
 
@@ -361,51 +364,3 @@ class Run:
             max_side=self.job.size,  # measure at the working size: larger adds time, not information
             on_frame=on_frame,
         )
-
-
-def execute(
-    job: protocol.Job,
-    emit: Emitter,
-    cancel: CancelToken,
-    model: Model | None = None,
-    loader: Callable[[protocol.Job], Model] | None = None,
-    inversions: Any = None,
-    ready: preflight.Ready | None = None,
-) -> int:
-    """Run a job, report it as events, and return the process exit code.
-
-    `ready` is the result of :func:`preflight.check` when the caller ran it already (the command
-    line does, before importing this module); otherwise the run checks the job itself. `loader`
-    and `inversions` are the warm engine's (engine/serve.py): its loaded model and memory cache.
-    """
-    started = time.monotonic()
-    try:
-        run_class = Run
-        if job.variations:  # several previews sharing one model load and one inversion
-            from .variations import VariationRun as run_class
-        done = run_class(job, emit, cancel, model, loader, inversions, ready).execute()
-    except EngineError as exc:
-        if exc.kind == "cancelled":
-            emit(protocol.EVENT_CANCELLED, message=exc.message)
-        else:
-            emit(protocol.EVENT_ERROR, kind=exc.kind, message=exc.message)
-        return protocol.EXIT_CODES[exc.kind]
-    except Exception as exc:
-        if is_out_of_memory(exc):
-            err = OutOfMemory(
-                f"out of memory ({exc.__class__.__name__}); lower the chunk size (now {job.chunk_size}), "
-                f"the working size (now {job.size}) or raise the keyframe stride (now {job.keyframe_stride})"
-            )
-            emit(protocol.EVENT_ERROR, kind=err.kind, message=err.message)
-            return protocol.EXIT_OUT_OF_MEMORY
-        log.exception("internal error")
-        emit(protocol.EVENT_ERROR, kind="internal", message=f"{exc.__class__.__name__}: {exc}")
-        return protocol.EXIT_INTERNAL
-    done["seconds"] = round(time.monotonic() - started, 2)
-    emit(protocol.EVENT_DONE, **done)
-    if getattr(emit, "broken", False) and done.get("output"):
-        # Nobody heard `done` (stdout closed): a result folder must never exist without it.
-        withdraw(Path(done["output"]))
-        log.warning("stdout is closed, so the result could not be announced; it was removed")
-        return protocol.EXIT_CANCELLED
-    return protocol.EXIT_OK

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from . import preflight, protocol
-from .editing import Editor, Prompts, injection_steps
+from .. import protocol
+from ..method.editing import Editor, Prompts, injection_steps
+from . import preflight
 from .runner import Run, settings_from_job
 
 

@@ -54,7 +54,7 @@ import json, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from tests.clips import clip_path, extract_frames
-from engine.tiny_model import make_tiny_model
+from engine.model.tiny_model import make_tiny_model
 out = Path(sys.argv[2])
 extract_frames("cityCC0.mpg", out / "city12", 12, start=40, width=96)
 make_tiny_model(out / "tiny")
@@ -135,14 +135,14 @@ def no_warm_engine_between_modules() -> Iterator[None]:
     yield
     pkg = sys.modules.get(f"{MODULE}.tokenflow_blender")
     if pkg is not None:
-        pkg.warm.shutdown_all()
+        pkg.runs.warm.shutdown_all()
 
 
 @pytest.fixture
 def tf(ext: Any) -> Any:
     """The extension's Blender package (`tokenflow_blender`), its job state reset."""
     pkg = sys.modules[f"{MODULE}.tokenflow_blender"]
-    assert pkg.controller.running("edit") is None, "a previous test left a job running"
+    assert pkg.runs.registry.running("edit") is None, "a previous test left a job running"
     st = bpy.context.window_manager.tokenflow_job
     for name in ("status", "error", "message", "log_path", "output", "result_strip", "stage"):
         setattr(st, name, "IDLE" if name == "status" else "")

@@ -6,7 +6,7 @@ farm/flamenco/tokenflow-video-edit.js declares, as a Manager with that job type 
 
 The Manager runs in its own process (this file as a script): a server thread inside Blender's
 process could take the GIL while `bpy.ops` runs Blender's C code, which crashes Blender (see
-tokenflow_blender/farm_calls.py). Tests hold a :class:`FakeManager`, which starts that process and
+tokenflow_blender/farm/calls.py). Tests hold a :class:`FakeManager`, which starts that process and
 reads and sets its state through `/_test/...` requests.
 """
 

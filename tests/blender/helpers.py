@@ -94,7 +94,7 @@ def digest(paths: list[Path]) -> list[str]:
 
 def wait(pkg: Any, slot: str = "edit", timeout: float = 240.0) -> Any:
     """Tick the job controller until the task in `slot` ends (what the timer does in the UI)."""
-    task = pkg.controller.get(slot)
+    task = pkg.runs.registry.get(slot)
     assert task is not None
     end = time.monotonic() + timeout
     while pkg.jobs.tick() or task.running:

@@ -1,6 +1,6 @@
 """What Blender itself shows: the tests' expectations for frame mapping come from renders.
 
-Blender 5.2 changed what setting a content offset does to a strip's position, and may change it
+Blender 5.1 changed what setting a content offset does to a strip's position, and may change it
 again; a formula for "timeline frame f shows element k" is itself version-specific. So a test
 renders the scene's sequencer at each timeline frame with only the strip in question visible, over
 a magenta background strip (so that "nothing here" renders as magenta rather than the 3D scene), and

@@ -1,8 +1,8 @@
 """A strip's time settings by one set of names, in every Blender the suite runs in.
 
-The names for trims, content offsets and position differ (5.2's `left_handle_offset`,
+The names for trims, content offsets and position differ (5.1+'s `left_handle_offset`,
 `content_trim_start`, `content_start`, `left_handle`; the older `frame_offset_start`,
-`animation_offset_start`, `frame_start`, `frame_final_start`, which 5.2 still reads but warns that
+`animation_offset_start`, `frame_start`, `frame_final_start`, which 5.1+ still reads but warns that
 6.0 removes): these take the older names and use whichever the running Blender offers.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# Older name -> 5.2's name for the same setting.
+# Older name -> 5.1+'s name for the same setting.
 NEWER = {
     "frame_start": "content_start",
     "frame_offset_start": "left_handle_offset",
@@ -24,14 +24,14 @@ NEWER = {
 
 def set_time(strip: Any, **settings: float) -> None:
     """Set trims, content offsets and position by their older names, in the order given, through
-    the name this Blender offers (5.2's where it has one)."""
+    the name this Blender offers (5.1+'s where it has one)."""
     for name, value in settings.items():
         newer = NEWER.get(name)
         setattr(strip, newer if newer and hasattr(strip, newer) else name, value)
 
 
 def get_time(strip: Any, name: str) -> Any:
-    """Read a time setting by its older name, through 5.2's name where this Blender has one."""
+    """Read a time setting by its older name, through 5.1+'s name where this Blender has one."""
     newer = NEWER.get(name)
     return getattr(strip, newer if newer and hasattr(strip, newer) else name)
 

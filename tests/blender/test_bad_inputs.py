@@ -22,8 +22,8 @@ def seq(tmp_path: Path) -> list[Path]:
 def _refused(tf, scene, match: str, operator: str = "sequencer.tokenflow_propagate") -> str:
     """Run the operator, expect a refusal matching `match`; check that nothing happened."""
     before = snapshot(scene)
-    task_before = tf.controller.get("edit")
-    results = tf.preferences.user_path("results")
+    task_before = tf.runs.registry.get("edit")
+    results = tf.settings.preferences.user_path("results")
     files_before = sorted(os.listdir(results))
     scene.tokenflow.prompt = scene.tokenflow.prompt or "a watercolor painting"
     with pytest.raises(RuntimeError, match=match):
@@ -31,7 +31,7 @@ def _refused(tf, scene, match: str, operator: str = "sequencer.tokenflow_propaga
     state = bpy.context.window_manager.tokenflow_job
     assert state.error, "the message must reach the panel"
     assert snapshot(scene) == before
-    assert tf.controller.get("edit") is task_before, "no engine may start"
+    assert tf.runs.registry.get("edit") is task_before, "no engine may start"
     assert sorted(os.listdir(results)) == files_before
     return state.error
 
@@ -131,7 +131,7 @@ def test_install_refused_offline(tf) -> None:
         bpy.ops.preferences.tokenflow_install_engine()
     state = bpy.context.window_manager.tokenflow_job
     assert state.install_status == "ERROR" and "Allow Online Access" in state.install_message
-    assert tf.controller.running("install") is None
+    assert tf.runs.registry.running("install") is None
 
 
 def test_cancel_without_job(tf, scene) -> None:
@@ -147,10 +147,10 @@ def test_install_runs_its_steps_and_reports(tf, monkeypatch) -> None:
     """The install glue with stand-in steps (a real install downloads gigabytes): progress, result."""
     check = '{"event": "check", "torch": "2.9.0", "diffusers": "0.35", "device": "cuda", "dtype": "float16"}'
     steps = [
-        tf.controller.Step("Creating environment", [sys.executable, "-c", "print('created')"], 0.5),
-        tf.controller.Step("Checking engine", [sys.executable, "-c", f"print({check!r})"], 0.5),
+        tf.runs.task.Step("Creating environment", [sys.executable, "-c", "print('created')"], 0.5),
+        tf.runs.task.Step("Checking engine", [sys.executable, "-c", f"print({check!r})"], 0.5),
     ]
-    monkeypatch.setattr(tf.engine_env, "install_steps", lambda *args, **kwargs: steps)
+    monkeypatch.setattr(tf.runs.engine_env, "install_steps", lambda *args, **kwargs: steps)
     system = bpy.context.preferences.system
     system.use_online_access = True
     try:

@@ -77,7 +77,7 @@ def pkg(ext):
 
 @pytest.mark.parametrize("text", [CONFIG_42, CONFIG_50], ids=["4.2", "5.0"])
 def test_names_map_through_aliases_and_roles(pkg, text) -> None:
-    config = pkg.colour.parse_config(text, "/configs/config.ocio")
+    config = pkg.sequencer.colour.parse_config(text, "/configs/config.ocio")
     resolve = config.resolve
     assert resolve("Linear") == resolve("linear bt.709") == resolve("Linear Rec.709") == "Linear Rec.709"
     assert resolve("CGI: Linear - Rec.709" if "CGI" in text else "lin_srgb") == "Linear Rec.709"
@@ -87,27 +87,27 @@ def test_names_map_through_aliases_and_roles(pkg, text) -> None:
     assert resolve("scene_linear") == config.scene_linear == "Linear Rec.709"
     assert config.is_data("Raw") and not config.is_data("sRGB")
     assert "not a colour space (a description's text)" not in config.names
-    with pytest.raises(pkg.colour.ColourError, match=r"'Made Up'.*/configs/config.ocio"):
+    with pytest.raises(pkg.sequencer.colour.ColourError, match=r"'Made Up'.*/configs/config.ocio"):
         resolve("Made Up")
 
 
 def test_a_name_only_one_version_has(pkg) -> None:
     """4.2 defines 'AgX Base Rec.1886' as a colour space; 5.0 only as a view transform."""
-    assert pkg.colour.parse_config(CONFIG_42).resolve("AgX Base Rec.1886") == "AgX Base Rec.1886"
-    with pytest.raises(pkg.colour.ColourError, match="'AgX Base Rec.1886' is not defined"):
-        pkg.colour.parse_config(CONFIG_50).resolve("AgX Base Rec.1886")
+    assert pkg.sequencer.colour.parse_config(CONFIG_42).resolve("AgX Base Rec.1886") == "AgX Base Rec.1886"
+    with pytest.raises(pkg.sequencer.colour.ColourError, match="'AgX Base Rec.1886' is not defined"):
+        pkg.sequencer.colour.parse_config(CONFIG_50).resolve("AgX Base Rec.1886")
 
 
 def test_blenders_own_config(pkg, monkeypatch) -> None:
     """The config this Blender uses (4.2's or 5.0's): every colour space Blender offers a strip is
     defined in it, and legacy names map to this version's."""
     monkeypatch.delenv("OCIO", raising=False)
-    path = pkg.strips.ocio_config()
+    path = pkg.sequencer.strips.ocio_config()
     assert path == os.path.join(
         bpy.utils.resource_path("LOCAL"), "datafiles", "colormanagement", "config.ocio"
     )
     assert os.path.isfile(path)
-    config = pkg.colour.read_config(path)
+    config = pkg.sequencer.colour.read_config(path)
     enum = bpy.types.ColorManagedInputColorspaceSettings.bl_rna.properties["name"].enum_items
     offered = [item.identifier for item in enum]
     assert len(offered) > 15
@@ -118,7 +118,7 @@ def test_blenders_own_config(pkg, monkeypatch) -> None:
     assert config.resolve("Linear ACEScg") == "ACEScg"
     assert config.scene_linear == "Linear Rec.709"
     monkeypatch.setenv("OCIO", "/studio/aces/config.ocio")
-    assert pkg.strips.ocio_config() == "/studio/aces/config.ocio"
+    assert pkg.sequencer.strips.ocio_config() == "/studio/aces/config.ocio"
 
 
 def _exr_frames(folder: Path, count: int, width: int, height: int, depth: str = "16") -> list[Path]:
@@ -139,19 +139,19 @@ def _exr_frames(folder: Path, count: int, width: int, height: int, depth: str = 
 
 def test_exr_header(pkg, tmp_path) -> None:
     [path] = _exr_frames(tmp_path, 1, 21, 13)
-    info = pkg.imageinfo.read_info(str(path))
+    info = pkg.sequencer.imageinfo.read_info(str(path))
     assert (info.format, info.width, info.height, info.is_float) == ("exr", 21, 13, True)
     assert set(info.channels) >= {"R", "G", "B"}
     assert info.bit_depth in (16, 32)
-    assert pkg.imageinfo.check_frames([str(path)]).width == 21
+    assert pkg.sequencer.imageinfo.check_frames([str(path)]).width == 21
     damaged = tmp_path / "damaged.exr"
     damaged.write_bytes(path.read_bytes()[:40])
-    with pytest.raises(pkg.imageinfo.FrameError, match="damaged OpenEXR"):
-        pkg.imageinfo.read_info(str(damaged))
+    with pytest.raises(pkg.sequencer.imageinfo.FrameError, match="damaged OpenEXR"):
+        pkg.sequencer.imageinfo.read_info(str(damaged))
 
 
 def test_refusals_that_remain(pkg, tmp_path) -> None:
-    check, err = pkg.imageinfo.check_frames, pkg.imageinfo.FrameError
+    check, err = pkg.sequencer.imageinfo.check_frames, pkg.sequencer.imageinfo.FrameError
     exr = [str(p) for p in _exr_frames(tmp_path / "exr", 2, 32, 24)]
     png = [str(p) for p in pngs.write_sequence(tmp_path / "png", 2, 32, 24)]
     with pytest.raises(err, match="differ in kind"):
@@ -176,33 +176,35 @@ def test_exr_plate_and_linear_strip_go_to_the_engine(pkg, scene, tmp_path) -> No
     strip = add_image_strip(scene, frames, start=7, name="plate")
     strip.colorspace_settings.name = "ACEScg"
     strip_time.set_time(strip, frame_offset_start=1)
-    shot = pkg.strips.read_shot(strip)
+    shot = pkg.sequencer.strips.read_shot(strip)
     assert (shot.start, len(shot.frames), shot.width, shot.height) == (8, 3, 32, 24)
     assert shot.colorspace == shot.config_colorspace == "ACEScg"
-    job = pkg.jobs.build_job(scene, shot, "propagate", str(tmp_path / "out"))
+    job = pkg.edit.job.build_job(scene, shot, "propagate", str(tmp_path / "out"))
     assert job.colorspace == "ACEScg"
-    assert job.ocio_config == pkg.strips.ocio_config() and os.path.isfile(job.ocio_config)
+    assert job.ocio_config == pkg.sequencer.strips.ocio_config() and os.path.isfile(job.ocio_config)
     assert job.frames == [str(p) for p in frames[1:]]
 
     seq = pngs.write_sequence(tmp_path / "seq", 3, 32, 24)
     linear = add_image_strip(scene, seq, channel=4, name="linear")
     linear.colorspace_settings.name = "Linear Rec.709"
-    job = pkg.jobs.build_job(scene, pkg.strips.read_shot(linear), "preview", str(tmp_path / "o2"))
+    job = pkg.edit.job.build_job(
+        scene, pkg.sequencer.strips.read_shot(linear), "preview", str(tmp_path / "o2")
+    )
     assert (job.colorspace, job.stage) == ("Linear Rec.709", "preview")
     srgb = add_image_strip(scene, seq, channel=5, name="srgb")
-    assert pkg.jobs.build_job(
-        scene, pkg.strips.read_shot(srgb), "preview", str(tmp_path / "o3")
+    assert pkg.edit.job.build_job(
+        scene, pkg.sequencer.strips.read_shot(srgb), "preview", str(tmp_path / "o3")
     ).colorspace == ("sRGB")
 
 
 def _refused(pkg, scene, match: str) -> str:
     before = snapshot(scene)
-    task_before = pkg.controller.get("edit")
+    task_before = pkg.runs.registry.get("edit")
     scene.tokenflow.prompt = "a watercolor painting"
     with pytest.raises(RuntimeError, match=match):
         run_op("sequencer.tokenflow_propagate", scene)
     assert snapshot(scene) == before
-    assert pkg.controller.get("edit") is task_before, "no engine may start"
+    assert pkg.runs.registry.get("edit") is task_before, "no engine may start"
     return bpy.context.window_manager.tokenflow_job.error
 
 

@@ -17,7 +17,17 @@ from .helpers import MODULE, process_gone
 
 @pytest.fixture
 def ctl(ext):
-    return sys.modules[f"{MODULE}.tokenflow_blender.controller"]
+    return sys.modules[f"{MODULE}.tokenflow_blender.runs.task"]
+
+
+@pytest.fixture
+def process(ext):
+    return sys.modules[f"{MODULE}.tokenflow_blender.runs.process"]
+
+
+@pytest.fixture
+def registry(ext):
+    return sys.modules[f"{MODULE}.tokenflow_blender.runs.registry"]
 
 
 def _child(code: str) -> list[str]:
@@ -133,7 +143,7 @@ def test_cancel(ctl, tmp_path, script) -> None:
     assert not out.exists() and sorted(os.listdir(tmp_path)) == ["logs"]  # no temporary folder left
 
 
-def test_pid_files_and_reaping(ctl, tmp_path) -> None:
+def test_pid_files_and_reaping(ctl, process, tmp_path) -> None:
     pid_dir = tmp_path / "run"
     task = _task(ctl, tmp_path, _child("import time; time.sleep(30)"), pid_dir=str(pid_dir)).start()
     assert (pid_dir / f"{task.pid}.pid").is_file()
@@ -146,7 +156,7 @@ def test_pid_files_and_reaping(ctl, tmp_path) -> None:
     (pid_dir / "999999.pid").write_text(json.dumps({"pid": 999999, "argv": ["x", "y"]}))
     (pid_dir / "bad.pid").write_text("garbage")
     try:
-        assert ctl.reap_stale(str(pid_dir)) == [orphan.pid]
+        assert process.reap_stale(str(pid_dir)) == [orphan.pid]
         assert orphan.wait(10) != 0
     finally:
         if orphan.poll() is None:
@@ -158,20 +168,20 @@ def test_pid_files_and_reaping(ctl, tmp_path) -> None:
         json.dumps({"pid": other.pid, "argv": ["python", "-m", "engine"]})
     )
     try:
-        assert ctl.reap_stale(str(pid_dir)) == []
+        assert process.reap_stale(str(pid_dir)) == []
         assert other.poll() is None
     finally:
         other.kill()
         other.wait()
 
 
-def test_registry_refuses_a_second_task_in_a_slot(ctl, tmp_path) -> None:
+def test_registry_refuses_a_second_task_in_a_slot(ctl, registry, tmp_path) -> None:
     task = _task(ctl, tmp_path, _child("import time; time.sleep(30)")).start()
     try:
-        ctl.put("unit-test", task)
+        registry.put("unit-test", task)
         with pytest.raises(RuntimeError, match="already running"):
-            ctl.put("unit-test", _task(ctl, tmp_path, _child("pass")))
-        assert ctl.running("unit-test") is task
+            registry.put("unit-test", _task(ctl, tmp_path, _child("pass")))
+        assert registry.running("unit-test") is task
     finally:
-        ctl.shutdown_all(timeout=1.0)
-    assert not task.running and ctl.running("unit-test") is None
+        registry.shutdown_all(timeout=1.0)
+    assert not task.running and registry.running("unit-test") is None

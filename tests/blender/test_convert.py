@@ -115,7 +115,7 @@ def test_convert_a_trimmed_offset_movie(tf, scene, movie, tmp_path) -> None:
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [folder.name]  # no temporary folder
     files = [result.strip_elem_from_frame(f).filename for f in visible]
     assert sorted(os.listdir(folder)) == files and len(set(files)) == 5
-    info = tf.imageinfo.read_info(str(folder / files[0]))
+    info = tf.sequencer.imageinfo.read_info(str(folder / files[0]))
     assert (info.format, info.width, info.height) == ("png", 176, 144)
     # The movie, its strip and the scene list are as they were.
     assert _movie_state(strip) == state and digest([movie["path"]]) == file_digest
@@ -137,7 +137,7 @@ def test_convert_a_trimmed_offset_movie(tf, scene, movie, tmp_path) -> None:
     # The trim and the content offset are both at work: five consecutive frames, not from the start.
     assert shown_indices == list(range(shown_indices[0], shown_indices[0] + 5)) and shown_indices[0] > 0
     # The new strip is an image strip TokenFlow takes as it is.
-    assert tf.strips.read_shot(result).frames == [str(folder / n) for n in files]
+    assert tf.sequencer.strips.read_shot(result).frames == [str(folder / n) for n in files]
 
 
 def test_cancel_leaves_nothing(tf, scene, movie, tmp_path) -> None:
@@ -146,7 +146,7 @@ def test_cancel_leaves_nothing(tf, scene, movie, tmp_path) -> None:
     strip = _movie_strip(tf, scene, movie["path"])
     before, scenes = snapshot(scene), len(bpy.data.scenes)
     assert run_op("sequencer.tokenflow_convert_movie", scene) == {"FINISHED"}
-    task = tf.controller.get("convert")
+    task = tf.runs.registry.get("convert")
     assert task.tick() and len(task.files) == 1  # one frame rendered, four to go
     assert [p.name for p in out.iterdir()][0].startswith(".")  # frames go to a hidden folder first
     assert run_op("sequencer.tokenflow_cancel_convert", scene) == {"FINISHED"}
@@ -168,7 +168,7 @@ def test_float_footage_becomes_exr(tf, scene, movie, tmp_path) -> None:
     result = scene.sequence_editor.active_strip
     assert result.colorspace_settings.name == "Linear Rec.709"
     folder = Path(bpy.path.abspath(result.directory))
-    info = tf.imageinfo.read_info(str(folder / result.elements[0].filename))
+    info = tf.sequencer.imageinfo.read_info(str(folder / result.elements[0].filename))
     assert (info.format, info.width, info.height, info.bit_depth) == ("exr", 176, 144, 16)
 
 
@@ -179,7 +179,7 @@ def test_only_movie_strips(tf, scene, tmp_path) -> None:
         RuntimeError, match="'shot' is not a movie strip \\(it is image\\).*Convert to Image Sequence"
     ):
         run_op("sequencer.tokenflow_convert_movie", scene)
-    assert snapshot(scene) == before and tf.controller.running("convert") is None
+    assert snapshot(scene) == before and tf.runs.registry.running("convert") is None
     assert len(strips_of(scene)) == 1
 
 
@@ -193,7 +193,7 @@ def test_panel_offers_the_conversion(tf, scene, movie, tmp_path, monkeypatch) ->
     idle = _draw(panel, _context(scene))
     assert ("operator", "sequencer.tokenflow_convert_movie") in idle
     assert run_op("sequencer.tokenflow_convert_movie", scene) == {"FINISHED"}
-    task = tf.controller.get("convert")
+    task = tf.runs.registry.get("convert")
     task.tick()
     running = _draw(panel, _context(scene))
     assert ("progress", "Converting 'carphone': 1/5 frames") in running
@@ -276,8 +276,10 @@ def test_dpx_scans_become_exr(tf, scene, tmp_path) -> None:
     strip_time.set_time(strip, frame_offset_start=1)  # three frames show: scans 1-3
     before = digest(scans)
     # The engine cannot read DPX; the refusal says how to convert, and the panel offers it.
-    with pytest.raises(tf.strips.SourceError, match="press Convert to Image Sequence in the TokenFlow panel"):
-        tf.strips.read_shot(strip)
+    with pytest.raises(
+        tf.sequencer.strips.SourceError, match="press Convert to Image Sequence in the TokenFlow panel"
+    ):
+        tf.sequencer.strips.read_shot(strip)
     assert ("operator", "sequencer.tokenflow_convert_movie") in _draw(
         bpy.types.SEQUENCER_PT_tokenflow, _context(scene)
     )
@@ -292,14 +294,14 @@ def test_dpx_scans_become_exr(tf, scene, tmp_path) -> None:
     folder = Path(bpy.path.abspath(result.directory))
     files = [e.filename for e in result.elements]
     assert len(files) == 3 and all(f.endswith(".exr") for f in files)
-    info = tf.imageinfo.read_info(str(folder / files[0]))
+    info = tf.sequencer.imageinfo.read_info(str(folder / files[0]))
     assert (info.format, info.width, info.height, info.bit_depth) == ("exr", 48, 32, 16)
     # Each EXR frame holds what Blender shows for the scan at that frame (scans 1, 2, 3).
     for scan, name in zip(scans[1:], files, strict=True):
         expected = _shown(scan, "Linear Rec.709")
         assert abs(_shown(folder / name, "Linear Rec.709") - expected) < 0.003, (scan.name, name)
     assert digest(scans) == before, "the scans must stay byte-identical"
-    assert tf.strips.read_shot(result).frames == [str(folder / n) for n in files]
+    assert tf.sequencer.strips.read_shot(result).frames == [str(folder / n) for n in files]
 
 
 def test_dpx_with_a_missing_frame_is_refused(tf, scene, tmp_path) -> None:
@@ -310,7 +312,7 @@ def test_dpx_with_a_missing_frame_is_refused(tf, scene, tmp_path) -> None:
     before = snapshot(scene)
     with pytest.raises(RuntimeError, match="scan_0001.dpx of 'scan' is missing; relink the strip"):
         run_op("sequencer.tokenflow_convert_movie", scene)
-    assert snapshot(scene) == before and tf.controller.running("convert") is None
+    assert snapshot(scene) == before and tf.runs.registry.running("convert") is None
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 
@@ -325,7 +327,7 @@ def test_dpx_read_as_a_display_space_becomes_16_bit_png(tf, scene, tmp_path) -> 
     result = scene.sequence_editor.active_strip
     assert result != strip and result.colorspace_settings.name == "sRGB"
     folder = Path(bpy.path.abspath(result.directory))
-    info = tf.imageinfo.read_info(str(folder / result.elements[0].filename))
+    info = tf.sequencer.imageinfo.read_info(str(folder / result.elements[0].filename))
     assert (info.format, info.width, info.height, info.bit_depth) == ("png", 48, 32, 16)
     for scan, elem in zip(scans, result.elements, strict=True):
         assert abs(_shown(folder / elem.filename, "sRGB") - _shown(scan, "sRGB")) < 0.003

@@ -73,7 +73,7 @@ def shot(ext, assets, tmp_path_factory) -> Any:
 
 def _run(tf, scene: Any, operator: str) -> Any:
     assert run_op(operator, scene) == {"FINISHED"}
-    task = tf.controller.get("edit")
+    task = tf.runs.registry.get("edit")
     assert task is not None and task.kind in ("preview", "propagate")
     return wait(tf)
 
@@ -190,7 +190,7 @@ def _start_long_job(tf, scene: Any) -> Any:
     scene.tokenflow.steps = 400
     scene.tokenflow.size = 128
     assert run_op("sequencer.tokenflow_propagate", scene) == {"FINISHED"}
-    task = tf.controller.get("edit")
+    task = tf.runs.registry.get("edit")
     deadline = time.monotonic() + 120
     while not any(e["event"] == "progress" and e["stage"] == "inversion" for e in task.events):
         assert task.tick(), task.message + "\n" + task.log_tail(30)
@@ -284,7 +284,7 @@ ed.active_strip = strip
 s = scene.tokenflow
 s.prompt, s.model, s.steps, s.size, s.output_dir = "snow", {model!r}, 400, 128, {out!r}
 bpy.ops.sequencer.tokenflow_propagate()
-task = pkg.controller.get("edit")
+task = pkg.runs.registry.get("edit")
 while not task.events:
     task.tick()
     time.sleep(0.05)

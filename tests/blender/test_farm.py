@@ -46,7 +46,7 @@ def farm(tf) -> Iterator[Any]:
         setattr(st, name, "")
     st.farm_progress = 0.0
     yield tf
-    task = tf.controller.running("farm")
+    task = tf.runs.registry.running("farm")
     if task is not None:
         task.on_event = task.on_finish = None
         task.shutdown(1.0)
@@ -79,13 +79,13 @@ def _tick_until(tf, done: Callable[[], bool], timeout: float = 20.0) -> None:
     end = time.monotonic() + timeout
     while not done():
         tf.jobs.tick()
-        assert time.monotonic() < end, f"timed out; farm task says: {tf.controller.get('farm').message}"
+        assert time.monotonic() < end, f"timed out; farm task says: {tf.runs.registry.get('farm').message}"
         time.sleep(0.02)
 
 
 def _submit(tf, scene: Any) -> Any:
     assert run_op(SUBMIT, scene) == {"FINISHED"}
-    task = tf.controller.get("farm")
+    task = tf.runs.registry.get("farm")
     task.poll_interval = 0.05
     _tick_until(tf, lambda: bool(task.job_id) or not task.running)
     return task
@@ -156,7 +156,7 @@ def test_submit_run_on_the_farm_and_import(farm, scene, assets, manager, tmp_pat
 
     task = _submit(tf, scene)
     assert task.running and task.job_id, task.message
-    assert bpy.app.timers.is_registered(tf.jobs._timer)  # in Blender the timer ticks it
+    assert bpy.app.timers.is_registered(tf.session._timer)  # in Blender the timer ticks it
     (payload,) = manager.submitted
     assert payload["type"] == JOB_TYPE == "tokenflow-video-edit"
     assert payload["priority"] == 50 and payload["submitter_platform"] == platform.system().lower()
@@ -269,7 +269,7 @@ def test_manager_not_running(farm, scene, flat, tmp_path) -> None:
     _prefs(url)
     before = snapshot(scene)
     assert run_op(SUBMIT, scene) == {"FINISHED"}  # the request runs in the background
-    task = farm.controller.get("farm")
+    task = farm.runs.registry.get("farm")
     _tick_until(farm, lambda: not task.running, timeout=15)
     st = _state()
     assert task.state == "ERROR" and st.farm_status == "ERROR"
@@ -316,7 +316,7 @@ def test_quitting_stops_watching_but_leaves_the_farm_job(farm, scene, flat, tmp_
     _shot(scene, flat, tmp_path / "shared")
     _prefs(manager.url)
     task = _submit(farm, scene)
-    farm.controller.shutdown_all(timeout=1.0)  # what quitting Blender and unregistering do
+    farm.runs.registry.shutdown_all(timeout=1.0)  # what quitting Blender and unregistering do
     assert task.state == "CANCELLED" and "goes on" in task.message and task.output in task.message
     assert manager.status_changes == [] and manager.jobs[task.job_id]["status"] == "queued"
 
@@ -359,7 +359,7 @@ def _refused(tf, scene: Any, match: str) -> str:
     before = snapshot(scene)
     with pytest.raises(RuntimeError, match=match):
         run_op(SUBMIT, scene)
-    assert tf.controller.running("farm") is None
+    assert tf.runs.registry.running("farm") is None
     assert snapshot(scene) == before
     return _state().error
 
@@ -389,7 +389,7 @@ def test_refusals_before_anything_is_sent(farm, scene, flat, tmp_path) -> None:
 
 
 def test_flamenco_plain_parts(farm, tmp_path) -> None:
-    fl = farm.flamenco
+    fl = farm.farm.flamenco
     assert tuple(job_type_settings()) == fl.SETTING_KEYS, "flamenco.py and the job type disagree"
     for url in ("http://localhost:8080", "http://127.0.0.1:1", "http://192.168.1.10:8080", "http://[::1]:80"):
         assert fl.is_local(url), url
@@ -422,7 +422,7 @@ def test_flamenco_plain_parts(farm, tmp_path) -> None:
         "metadata": {"n": "1"},
     }
     # A result that is not where this computer looks, or is another shot's, is refused.
-    read_result, error = farm.farm_task.read_result, farm.farm_task.ResultError
+    read_result, error = farm.farm.task.read_result, farm.farm.task.ResultError
     with pytest.raises(error, match="same path"):
         read_result(str(tmp_path / "missing"), ["/f/a.png"])
     (tmp_path / "other").mkdir()
@@ -434,15 +434,15 @@ def test_flamenco_plain_parts(farm, tmp_path) -> None:
 
 
 def test_requests_run_in_child_processes(farm, scene, flat, tmp_path, manager) -> None:
-    """No Python thread of ours runs in Blender's process while a farm job is watched (farm_calls.py
+    """No Python thread of ours runs in Blender's process while a farm job is watched (farm/calls.py
     says why); a cancel during the submission submits nothing; a silent Manager and a killed request
     end with a message, and a request process never outlives its time-out."""
-    calls = farm.farm_calls
+    calls = farm.farm.calls
     _shot(scene, flat, tmp_path / "shared")
     _prefs(manager.url)
     task = _submit(farm, scene)
     assert task.job_id and [t.name for t in threading.enumerate()] == ["MainThread"]
-    farm.controller.shutdown_all(timeout=1.0)
+    farm.runs.registry.shutdown_all(timeout=1.0)
 
     # Cancelled while the child asks around: it writes no job file and submits nothing.
     job_file = tmp_path / "shared" / "x.job.json"
@@ -460,7 +460,7 @@ def test_requests_run_in_child_processes(farm, scene, flat, tmp_path, manager) -
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         call = calls.Call("poll", url, 0.5, "0" * 36)
         assert call.wait(20), "a request process outlived its time-out"
-        assert isinstance(call.error, farm.flamenco.FlamencoError) and "no answer within 0.5 s" in str(
+        assert isinstance(call.error, farm.farm.flamenco.FlamencoError) and "no answer within 0.5 s" in str(
             call.error
         )
         # Killed (a Blender that stops watching): an error that says so, and no process left.

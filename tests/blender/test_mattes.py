@@ -25,7 +25,7 @@ def pkg(ext):
 
 
 def test_plain_helpers(pkg) -> None:
-    m = pkg.mattes
+    m = pkg.sequencer.mattes
     assert m.uncovered(9, 18, 5, 21) == []
     assert m.uncovered(9, 18, 11, 17) == [9, 10, 17]
     assert m.frame_ranges([17, 9, 10, 12, 13, 14]) == "9-10, 12-14, 17"
@@ -49,8 +49,8 @@ def test_image_matte_by_timeline_frame(pkg, scene, tmp_path) -> None:
     matte = add_image_strip(scene, matte_files, channel=4, start=4, name="roto")
     strip_time.set_time(matte, animation_offset_start=3)  # content from the 4th file (placed per version)
     scene.sequence_editor.active_strip = source
-    shot = pkg.strips.read_shot(source)
-    paths = pkg.mattes.collect(scene, shot, "roto", str(tmp_path / "unused"))
+    shot = pkg.sequencer.strips.read_shot(source)
+    paths = pkg.sequencer.mattes.collect(scene, shot, "roto", str(tmp_path / "unused"))
     # Each source frame gets the matte file Blender renders for the matte at the same timeline frame,
     # and the source frame is the one Blender renders for the source there.
     frames = range(shot.start, shot.end)
@@ -66,21 +66,21 @@ def test_image_matte_by_timeline_frame(pkg, scene, tmp_path) -> None:
 
 def test_matte_refusals(pkg, scene, tmp_path) -> None:
     source = _source(scene, tmp_path)
-    shot = pkg.strips.read_shot(source)
-    err = pkg.mattes.MatteError
+    shot = pkg.sequencer.strips.read_shot(source)
+    err = pkg.sequencer.mattes.MatteError
     add_image_strip(scene, pngs.write_sequence(tmp_path / "s", 5, 32, 24, stem="s"), 5, 11, "short")
     with pytest.raises(err, match=r"'short' shows frames 11-15 but 'plate' shows 9-17: frames 9-10, 16-17"):
-        pkg.mattes.collect(scene, shot, "short", str(tmp_path / "x"))
+        pkg.sequencer.mattes.collect(scene, shot, "short", str(tmp_path / "x"))
     add_image_strip(scene, pngs.write_sequence(tmp_path / "b", 12, 40, 24, stem="b"), 6, 7, "big")
     with pytest.raises(err, match="'big' is 40x24.*source is 32x24"):
-        pkg.mattes.collect(scene, shot, "big", str(tmp_path / "x"))
+        pkg.sequencer.mattes.collect(scene, shot, "big", str(tmp_path / "x"))
     with pytest.raises(err, match="'gone' is not in the scene"):
-        pkg.mattes.collect(scene, shot, "gone", str(tmp_path / "x"))
+        pkg.sequencer.mattes.collect(scene, shot, "gone", str(tmp_path / "x"))
     with pytest.raises(err, match="is the strip being edited"):
-        pkg.mattes.collect(scene, shot, "plate", str(tmp_path / "x"))
+        pkg.sequencer.mattes.collect(scene, shot, "plate", str(tmp_path / "x"))
     pkg.compat.new_color_strip(scene.sequence_editor, "flat", 8, 1, 40)
     with pytest.raises(err, match="'flat' is a color strip"):
-        pkg.mattes.collect(scene, shot, "flat", str(tmp_path / "x"))
+        pkg.sequencer.mattes.collect(scene, shot, "flat", str(tmp_path / "x"))
 
 
 def test_uncovering_matte_refused_before_any_work(tf, scene, tmp_path) -> None:
@@ -90,13 +90,13 @@ def test_uncovering_matte_refused_before_any_work(tf, scene, tmp_path) -> None:
     scene.sequence_editor.active_strip = source
     scene.tokenflow.prompt = "snow"
     scene.tokenflow.matte = "short"
-    before, task_before = snapshot(scene), tf.controller.get("edit")
-    jobs_before = sorted(os.listdir(tf.jobs.jobs_dir()))
+    before, task_before = snapshot(scene), tf.runs.registry.get("edit")
+    jobs_before = sorted(os.listdir(tf.session.jobs_dir()))
     with pytest.raises(RuntimeError, match="frames 9-10, 16-17 have no matte"):
         run_op("sequencer.tokenflow_propagate", scene)
     assert "no matte" in bpy.context.window_manager.tokenflow_job.error
-    assert snapshot(scene) == before and tf.controller.get("edit") is task_before
-    assert sorted(os.listdir(tf.jobs.jobs_dir())) == jobs_before
+    assert snapshot(scene) == before and tf.runs.registry.get("edit") is task_before
+    assert sorted(os.listdir(tf.session.jobs_dir())) == jobs_before
 
 
 def _mask(name: str, x0: float, x1: float, y0: float = 0.0, y1: float = 1.0) -> Any:
@@ -131,13 +131,15 @@ def test_mask_strip_rendered_to_matte_frames(pkg, scene, tmp_path) -> None:
     scene.sequence_editor.active_strip = source
     scenes, before = len(bpy.data.scenes), snapshot(scene)
     looks = (scene.render.resolution_x, scene.view_settings.view_transform, scene.render.filepath)
-    shot = pkg.strips.read_shot(source)
+    shot = pkg.sequencer.strips.read_shot(source)
     seen: list[tuple[int, int]] = []
     folder = tmp_path / "jobs" / "run-matte"
-    paths = pkg.mattes.collect(scene, shot, "roto", str(folder), "auto", lambda i, n: seen.append((i, n)))
+    paths = pkg.sequencer.mattes.collect(
+        scene, shot, "roto", str(folder), "auto", lambda i, n: seen.append((i, n))
+    )
     assert len(paths) == 9 and seen[-1] == (9, 9)
     assert sorted(os.listdir(folder)) == [os.path.basename(p) for p in paths]
-    info = pkg.imageinfo.read_info(paths[0])
+    info = pkg.sequencer.imageinfo.read_info(paths[0])
     assert (info.format, info.width, info.height, info.bit_depth) == ("png", 48, 30, 16)
     px = raw_pixels(paths[4])
     assert _at(px, 24, 15) == 1.0 and _at(px, 2, 15) == 0.0 and _at(px, 45, 15) == 0.0
@@ -154,16 +156,16 @@ def test_unwritten_mask_corner_repaired(pkg, tmp_path) -> None:
     path = pngs.write_png(tmp_path / "m.png", 8, 6, (0, 0, 0), depth=16, corner=(255, 255, 255))
     before = raw_pixels(str(path))[2]
     assert before[-4:].tolist() == [1.0, 1.0, 1.0, 1.0]
-    pkg.strip_render.repair_last_pixel(str(path))
+    pkg.sequencer.strip_render.repair_last_pixel(str(path))
     after = raw_pixels(str(path))[2]
     assert after[-4:].tolist() == after[-8:-4].tolist() == [0.0, 0.0, 0.0, 1.0]
     assert after[:-4] == before[:-4]
-    info = pkg.imageinfo.read_info(str(path))
+    info = pkg.sequencer.imageinfo.read_info(str(path))
     assert (info.format, info.width, info.height, info.bit_depth) == ("png", 8, 6, 16)
     # A corner that already agrees with its neighbour: the file is not rewritten.
     clean = pngs.write_png(tmp_path / "clean.png", 8, 6, (9, 9, 9), depth=16)
     data = clean.read_bytes()
-    pkg.strip_render.repair_last_pixel(str(clean))
+    pkg.sequencer.strip_render.repair_last_pixel(str(clean))
     assert clean.read_bytes() == data
 
 
@@ -179,16 +181,16 @@ def test_job_carries_the_matte(tf, scene, tmp_path) -> None:
         True,
         4.5,
     )
-    shot = tf.strips.read_shot(source)
+    shot = tf.sequencer.strips.read_shot(source)
     output = str(tmp_path / "out" / "plate-propagate-snow")
-    matte = tf.jobs.matte_plan(scene, shot, output)
+    matte = tf.edit.job.matte_plan(scene, shot, output)
     assert matte.render is None  # image mattes are used in place
-    job = tf.jobs.build_job(scene, shot, "propagate", output, matte.paths)
+    job = tf.edit.job.build_job(scene, shot, "propagate", output, matte.paths)
     assert [os.path.basename(p) for p in job.matte] == [f"m_{i:04d}.png" for i in range(1, 10)]
     assert (job.matte_channel, job.matte_invert, job.matte_feather) == ("luminance", True, 4.5)
     s.matte = ""
-    assert tf.jobs.matte_plan(scene, shot, output) is None
-    assert tf.jobs.build_job(scene, shot, "propagate", output).matte == []
+    assert tf.edit.job.matte_plan(scene, shot, output) is None
+    assert tf.edit.job.build_job(scene, shot, "propagate", output).matte == []
 
 
 def test_mask_matte_rendered_by_the_edit_task(tf, scene, tmp_path) -> None:
@@ -202,7 +204,7 @@ def test_mask_matte_rendered_by_the_edit_task(tf, scene, tmp_path) -> None:
     s.prompt, s.matte, s.output_dir = "snow", "roto", str(tmp_path / "out") + os.sep
     scenes, before = len(bpy.data.scenes), snapshot(scene)
     assert run_op("sequencer.tokenflow_propagate", scene) == {"FINISHED"}
-    task = tf.controller.get("edit")
+    task = tf.runs.registry.get("edit")
     state = bpy.context.window_manager.tokenflow_job
     folder = Path(task.context["matte_dir"])
     assert task.pid is None and not folder.exists()  # nothing rendered before the first tick
@@ -229,7 +231,7 @@ def test_cancel_while_the_matte_renders(tf, scene, tmp_path) -> None:
     s.prompt, s.matte, s.output_dir = "snow", "roto", str(tmp_path / "out") + os.sep
     scenes, before = len(bpy.data.scenes), snapshot(scene)
     assert run_op("sequencer.tokenflow_propagate", scene) == {"FINISHED"}
-    task = tf.controller.get("edit")
+    task = tf.runs.registry.get("edit")
     task.tick()
     assert len(bpy.data.scenes) == scenes + 1  # the matte's throwaway scene, while it renders
     assert run_op("sequencer.tokenflow_cancel", scene) == {"FINISHED"}
@@ -278,7 +280,7 @@ def test_exr_plate_with_matte_end_to_end(tf, scene, assets, tmp_path) -> None:
         prefs.device = "auto"
     assert task.state == "DONE", task.message + "\n" + task.log_tail(30)
     job = json.loads(Path(task.context["job_path"]).read_text())
-    assert (job["colorspace"], job["ocio_config"]) == ("Linear Rec.709", tf.strips.ocio_config())
+    assert (job["colorspace"], job["ocio_config"]) == ("Linear Rec.709", tf.sequencer.strips.ocio_config())
     assert len(job["matte"]) == 9 and job["matte_channel"] == "auto"
     assert not Path(task.context["matte_dir"]).exists(), "rendered matte frames outlive the run"
     state = bpy.context.window_manager.tokenflow_job
@@ -288,10 +290,10 @@ def test_exr_plate_with_matte_end_to_end(tf, scene, assets, tmp_path) -> None:
     folder = Path(bpy.path.abspath(result.directory))
     names = [e.filename for e in result.elements]
     assert names == [f.stem + ".exr" for f in frames[1:10]]
-    source_info = tf.imageinfo.read_info(str(frames[1]))
+    source_info = tf.sequencer.imageinfo.read_info(str(frames[1]))
     changed = 0
     for name, src in zip(names, frames[1:10], strict=True):
-        info = tf.imageinfo.read_info(str(folder / name))
+        info = tf.sequencer.imageinfo.read_info(str(folder / name))
         assert (info.format, info.width, info.height) == ("exr", width, height)
         assert info.channels == source_info.channels and info.bit_depth == source_info.bit_depth
         out, ref = raw_pixels(str(folder / name)), raw_pixels(str(src))
@@ -332,10 +334,10 @@ def test_farm_refuses_a_matte_blender_would_render(tf, scene, tmp_path) -> None:
     scene.sequence_editor.active_strip = source
     scene.tokenflow.prompt, scene.tokenflow.matte = "snow", "roto"
     scene.tokenflow.output_dir = str(tmp_path / "out") + os.sep
-    before, task_before = snapshot(scene), tf.controller.get("farm")
+    before, task_before = snapshot(scene), tf.runs.registry.get("farm")
     with pytest.raises(RuntimeError, match="'roto' is a mask strip, which Blender renders on this computer"):
         run_op("sequencer.tokenflow_submit_farm", scene)
-    assert snapshot(scene) == before and tf.controller.get("farm") is task_before
+    assert snapshot(scene) == before and tf.runs.registry.get("farm") is task_before
     assert (
         "render it to an image sequence on shared storage" in bpy.context.window_manager.tokenflow_job.error
     )

@@ -1,4 +1,4 @@
-"""ocio_share.py: Blender's bundled OCIO config copied to shared storage for farm workers, checked
+"""farm/ocio_share.py: Blender's bundled OCIO config copied to shared storage for farm workers, checked
 before use, rebuilt when damaged, and never left half-copied (plain Python, no bpy in it)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .helpers import MODULE
 
 @pytest.fixture
 def share(ext) -> Any:
-    return sys.modules[f"{MODULE}.tokenflow_blender.ocio_share"]
+    return sys.modules[f"{MODULE}.tokenflow_blender.farm.ocio_share"]
 
 
 def _config(root: Path) -> Path:

@@ -26,6 +26,7 @@ bpy.ops.preferences.extension_repo_add(
 )
 addon_utils.enable({module!r}, default_set=True)
 jobs = sys.modules[{module!r} + ".tokenflow_blender.jobs"]
+apply = sys.modules[{module!r} + ".tokenflow_blender.edit.apply"]
 bpy.context.preferences.filepaths.use_relative_paths = {relative!r}
 bpy.ops.wm.save_as_mainfile(filepath={blend!r})
 scene = bpy.context.scene
@@ -37,7 +38,7 @@ for stage, output in (("propagate", {result!r}), ("preview", {preview!r})):
     indices = [0, 2] if stage == "preview" else [0, 1, 2]
     done = {{"event": "done", "output": output, "files": files, "indices": indices,
             "keyframes": [0, 2], "stats": {{}}, "metrics": None}}
-    jobs.apply_result(ctx, done, output)
+    apply.apply_result(ctx, done, output)
     names[stage] = jobs.state().result_strip
 bpy.ops.wm.save_mainfile()
 print("RESULT", json.dumps(names))

@@ -33,14 +33,14 @@ def _save(
 
 
 def test_png_header(pkg, tmp_path) -> None:
-    info = pkg.imageinfo.read_info(str(pngs.write_png(tmp_path / "a.png", 37, 21)))
+    info = pkg.sequencer.imageinfo.read_info(str(pngs.write_png(tmp_path / "a.png", 37, 21)))
     assert (info.format, info.width, info.height, info.bit_depth, info.is_float) == ("png", 37, 21, 8, False)
-    info16 = pkg.imageinfo.read_info(str(pngs.write_png(tmp_path / "b.png", 5, 6, depth=16)))
+    info16 = pkg.sequencer.imageinfo.read_info(str(pngs.write_png(tmp_path / "b.png", 5, 6, depth=16)))
     assert info16.bit_depth == 16
 
 
 def test_jpeg_tiff_exr_headers(pkg, tmp_path) -> None:
-    read = pkg.imageinfo.read_info
+    read = pkg.sequencer.imageinfo.read_info
     jpg = read(str(_save("JPEG", tmp_path / "a.jpg", 41, 23)))
     assert (jpg.format, jpg.width, jpg.height) == ("jpeg", 41, 23)
     tif = read(str(_save("TIFF", tmp_path / "a.tif", 19, 17)))
@@ -50,7 +50,7 @@ def test_jpeg_tiff_exr_headers(pkg, tmp_path) -> None:
 
 
 def test_check_frames(pkg, tmp_path) -> None:
-    check, err = pkg.imageinfo.check_frames, pkg.imageinfo.FrameError
+    check, err = pkg.sequencer.imageinfo.check_frames, pkg.sequencer.imageinfo.FrameError
     seq = [str(p) for p in pngs.write_sequence(tmp_path / "s", 4, 32, 24)]
     assert (check(seq).width, check(seq).height) == (32, 24)
     with pytest.raises(err, match="missing"):
@@ -72,7 +72,7 @@ def test_check_frames(pkg, tmp_path) -> None:
 
 
 def test_free_channel(pkg) -> None:
-    p = pkg.planning
+    p = pkg.sequencer.planning
     spans = [p.Span(2, 10, 22), p.Span(3, 15, 18), p.Span(4, 30, 40), p.Span(5, 0, 11)]
     assert p.free_channel(spans, 10, 22, above=2) == 4
     assert p.free_channel(spans, 22, 30, above=2) == 3  # end is exclusive: touching is not overlapping
@@ -82,7 +82,7 @@ def test_free_channel(pkg) -> None:
 
 
 def test_preview_elements(pkg) -> None:
-    p = pkg.planning
+    p = pkg.sequencer.planning
     files = ["/o/f_00.png", "/o/f_04.png", "/o/f_07.png", "/o/f_11.png"]
     first, elems = p.preview_elements(files, [0, 4, 7, 11], 12)
     assert first == 0 and len(elems) == 12
@@ -98,7 +98,7 @@ def test_preview_elements(pkg) -> None:
 
 
 def test_names_and_folders(pkg, tmp_path) -> None:
-    p = pkg.planning
+    p = pkg.sequencer.planning
     assert p.slug("A Watercolor painting, 4K!") == "a-watercolor-painting-4k"
     assert p.slug("!!!") == "edit"
     name = p.result_name("shot", "x" * 200, preview=False)
@@ -118,7 +118,7 @@ def test_names_and_folders(pkg, tmp_path) -> None:
 
 
 def test_engine_env(pkg, tmp_path, monkeypatch) -> None:
-    env_mod = pkg.engine_env
+    env_mod = pkg.runs.engine_env
     monkeypatch.delenv(env_mod.ENV_PYTHON, raising=False)
     venv = str(tmp_path / "venv")
     assert env_mod.resolve_python("", venv) == env_mod.venv_python(venv)
@@ -144,24 +144,25 @@ def test_display_referred_colour_spaces(pkg) -> None:
     ok = ["sRGB", "Rec.1886", "AgX Base sRGB", "Filmic sRGB", "Display P3", "ACES 2.0 sRGB", "Rec.2020"]
     bad = ["Linear Rec.709", "ACEScg", "ACEScct", "ACES2065-1", "Non-Color", "Filmic Log", "AgX Log"]
     bad += ["Linear CIE-XYZ E", "Rec.2100-PQ", "scene_linear"]
-    assert all(pkg.planning.is_display_referred(n) for n in ok)
-    assert not any(pkg.planning.is_display_referred(n) for n in bad)
+    assert all(pkg.sequencer.planning.is_display_referred(n) for n in ok)
+    assert not any(pkg.sequencer.planning.is_display_referred(n) for n in bad)
 
 
 def test_build_job_from_scene_settings(pkg, scene, tmp_path) -> None:
     """The scene's settings and the preferences become the engine job, checked as the engine will."""
     seq = pngs.write_sequence(tmp_path / "seq", 4, 32, 24)
-    shot = pkg.strips.Shot("shot", [str(p) for p in seq], 1, 1, "sRGB", 32, 24)
+    shot = pkg.sequencer.strips.Shot("shot", [str(p) for p in seq], 1, 1, "sRGB", 32, 24)
     s = scene.tokenflow
     s.prompt, s.source_prompt, s.model = "  a snowy street ", "a street", ""
     s.steps, s.size, s.keyframe_stride, s.keyframe_mode, s.seed = 12, 300, 3, "resample", 7
-    job = pkg.jobs.build_job(scene, shot, "preview", str(tmp_path / "out"))
+    job = pkg.edit.job.build_job(scene, shot, "preview", str(tmp_path / "out"))
     assert job.prompt == "a snowy street" and job.stage == "preview" and job.frames == shot.frames
-    assert job.model == pkg.preferences.default_model()  # the scene's model falls back to the default
+    # the scene's model falls back to the default
+    assert job.model == pkg.settings.preferences.default_model()
     assert job.size == 320  # rounded to a multiple of 64
     assert (job.steps, job.keyframe_stride, job.keyframe_mode, job.seed) == (12, 3, "resample", 7)
-    assert job.cache_dir == pkg.preferences.cache_dir() and job.device == "auto"
+    assert job.cache_dir == pkg.settings.preferences.cache_dir() and job.device == "auto"
     s.model = str(tmp_path)  # a local folder goes to the engine absolute
-    assert pkg.jobs.build_job(scene, shot, "propagate", str(tmp_path / "o2")).model == str(tmp_path)
+    assert pkg.edit.job.build_job(scene, shot, "propagate", str(tmp_path / "o2")).model == str(tmp_path)
     s.model = "runwayml/stable-diffusion-v1-5"  # a hub id as it is
-    assert pkg.jobs.build_job(scene, shot, "propagate", str(tmp_path / "o3")).model == s.model
+    assert pkg.edit.job.build_job(scene, shot, "propagate", str(tmp_path / "o3")).model == s.model

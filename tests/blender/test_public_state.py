@@ -36,7 +36,9 @@ def test_last_result_is_the_done_event_and_agrees_with_the_manifest(
 
     assert run_op("sequencer.tokenflow_propagate", scene) == {"FINISHED"}
     assert state.last_result == ""  # nothing yet: never an older run's result while this one runs
-    assert tf.jobs.wait(timeout=300) == "DONE", state.message + "\n" + tf.controller.get("edit").log_tail(30)
+    assert tf.jobs.wait(timeout=300) == "DONE", (
+        state.message + "\n" + tf.runs.registry.get("edit").log_tail(30)
+    )
 
     view = json.loads(state.last_result)
     assert view["event"] == "done"
@@ -46,18 +48,18 @@ def test_last_result_is_the_done_event_and_agrees_with_the_manifest(
     strip = next(s for s in strips_of(scene) if s.name == state.result_strip)
     assert Path(view["output"]) == Path(bpy.path.abspath(strip.directory)) == Path(state.output)
     assert [os.path.basename(f) for f in view["files"]] == [e.filename for e in strip.elements]
-    manifest = tf.results.read_manifest(view["output"])
+    manifest = tf.edit.results.read_manifest(view["output"])
     assert manifest["keyframes"] == view["keyframes"]
     assert manifest["indices"] == view["indices"]
     assert manifest["stats"] == view["stats"]
     assert manifest["files"] == [os.path.basename(f) for f in view["files"]]
-    assert tf.results.last() == view
+    assert tf.edit.results.last() == view
     with pytest.raises(AttributeError):
         state.last_result = "{}"  # read-only for users and scripts
 
 
 def test_a_failed_run_leaves_no_stale_result(tf, scene, assets, cpu, tmp_path: Path) -> None:
-    tf.results.record({"event": "done", "output": "/an/older/result", "files": []})
+    tf.edit.results.record({"event": "done", "output": "/an/older/result", "files": []})
     add_image_strip(scene, assets["frames"][:3], channel=1, start=1, name="city")
     s = scene.tokenflow
     s.prompt, s.model, s.output_dir = "snow", str(tmp_path / "no-such-model"), str(tmp_path) + os.sep
@@ -65,7 +67,7 @@ def test_a_failed_run_leaves_no_stale_result(tf, scene, assets, cpu, tmp_path: P
     assert tf.jobs.wait(timeout=300) == "ERROR"
     state = bpy.context.window_manager.tokenflow_job
     assert "no-such-model" in state.error
-    assert state.last_result == "" and tf.results.last() is None
+    assert state.last_result == "" and tf.edit.results.last() is None
 
 
 class _Endless:
@@ -92,7 +94,7 @@ class _Endless:
 
 
 def test_wait_cancels_a_job_that_outlives_its_timeout(tf) -> None:
-    task = tf.controller.put("edit", _Endless())
+    task = tf.runs.registry.put("edit", _Endless())
     assert tf.jobs.wait(timeout=0.3, interval=0.05) == "CANCELLED"
     assert task.ticks >= 2 and not task.running  # it ticked the job itself, then cancelled it
     assert bpy.context.window_manager.tokenflow_job.status == "CANCELLED"

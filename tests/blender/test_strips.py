@@ -21,7 +21,7 @@ def seq(tmp_path: Path) -> list[Path]:
 
 def _mods():
     pkg = sys.modules[f"{MODULE}.tokenflow_blender"]
-    return pkg.strips, pkg.planning, pkg.compat
+    return pkg.sequencer.strips, pkg.sequencer.planning, pkg.compat
 
 
 def _names(paths: list[str]) -> list[str]:
@@ -98,16 +98,16 @@ def test_result_lands_on_the_frames_blender_shows(ext, scene, seq, tmp_path) -> 
     pkg = sys.modules[f"{MODULE}.tokenflow_blender"]
     strip = add_image_strip(scene, seq, start=10)
     strip_time.set_time(strip, **CASES[-1])
-    shot = pkg.strips.read_shot(strip)
+    shot = pkg.sequencer.strips.read_shot(strip)
     out = tmp_path / "out"
     out.mkdir()
     files = [f"frame_{i:04d}.png" for i in range(len(shot.frames))]
     for name, frame in zip(files, shot.frames, strict=True):
         shutil.copyfile(frame, out / name)
     done = {"output": str(out), "files": files, "indices": list(range(len(files))), "keyframes": [0, 3]}
-    ctx = pkg.jobs.result_context(scene, shot, "identity", "propagate")
-    pkg.jobs.apply_result(ctx, done, str(out))
-    result = pkg.strips.find_strip(scene, pkg.jobs.state().result_strip)
+    ctx = pkg.edit.apply.result_context(scene, shot, "identity", "propagate")
+    pkg.edit.apply.apply_result(ctx, done, str(out))
+    result = pkg.sequencer.strips.find_strip(scene, pkg.jobs.state().result_strip)
     frames = range(0, 50)
     source_shown = shown.shown_files(scene, strip, seq, frames, tmp_path / "r-source")
     by_colour = [out / name for name in files]

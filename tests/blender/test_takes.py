@@ -81,7 +81,7 @@ def _listed(scene: Any) -> list[tuple[str, str, str]]:
 
 
 def test_variations_then_restore_and_propagate_the_first(tf, shot) -> None:
-    scene, takes_ops = shot["scene"], tf.takes_ops
+    scene, takes_ops = shot["scene"], tf.takes.listing
     assert run_op("sequencer.tokenflow_preview_variations", scene) == {"FINISHED"}
     task = wait(tf)
     assert task.state == "DONE", task.message + "\n" + task.log_tail(30)
@@ -151,7 +151,7 @@ def test_show_only_this_take(tf, shot) -> None:
     _select(scene, "-v2")
     assert run_op("sequencer.tokenflow_solo_take", scene) == {"FINISHED"}
     by_folder = {
-        name: tf.takes_ops.strips_of_take(scene, folder)[0] for name, folder in shot["folders"].items()
+        name: tf.takes.listing.strips_of_take(scene, folder)[0] for name, folder in shot["folders"].items()
     }
     assert {n: s.mute for n, s in by_folder.items()} == {"v1": True, "v2": False, "shot": True}
     assert not shot["strip"].mute
@@ -164,7 +164,7 @@ def test_deleting_a_strip_keeps_the_take_and_delete_take_asks_first(tf, shot) ->
     scene, folders = shot["scene"], shot["folders"]
     ed = scene.sequence_editor
     coll = ed.strips if hasattr(ed, "strips") else ed.sequences
-    coll.remove(tf.takes_ops.strips_of_take(scene, folders["v1"])[0])  # the artist deletes the strip
+    coll.remove(tf.takes.listing.strips_of_take(scene, folders["v1"])[0])  # the artist deletes the strip
     assert run_op("sequencer.tokenflow_refresh_takes", scene) == {"FINISHED"}
     assert Path(folders["v1"]).is_dir() and len(scene.tokenflow_takes.takes) == 3
 
@@ -335,7 +335,7 @@ def test_variations_that_would_repeat_themselves_are_refused_before_a_run(
     pg.variation_source, pg.variation_count = "SEEDS", 3
     with pytest.raises(RuntimeError, match="fixed keyframe mode the seed changes nothing"):
         run_op("sequencer.tokenflow_preview_variations", scene)
-    assert tf.controller.get("edit") is None or not tf.controller.get("edit").running
+    assert tf.runs.registry.get("edit") is None or not tf.runs.registry.get("edit").running
     pg.variation_source = "PROMPTS"
     text = bpy.data.texts.new("one-line")
     try:

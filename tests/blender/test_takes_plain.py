@@ -1,4 +1,4 @@
-"""takes.py, the plain part of Takes (no bpy in it): listing, ordering, ages, estimates, damaged manifests."""
+"""takes/manifest.py, the plain part of Takes (no bpy): listing, order, ages, estimates, damaged manifests."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .helpers import MODULE
 
 @pytest.fixture
 def takes(ext) -> Any:
-    return sys.modules[f"{MODULE}.tokenflow_blender.takes"]
+    return sys.modules[f"{MODULE}.tokenflow_blender.takes.manifest"]
 
 
 def _job(**over: Any) -> dict[str, Any]:

@@ -89,7 +89,7 @@ def test_main_panel_states(tf, scene, monkeypatch) -> None:
 
     # Running: a progress bar with the stage and the time left, and Cancel.
     state.stage, state.progress, state.eta, state.message = "inversion", 0.4, "0:12 left", "Inversion 3/9"
-    monkeypatch.setattr(tf.controller, "running", lambda slot: object() if slot == "edit" else None)
+    monkeypatch.setattr(tf.runs.registry, "running", lambda slot: object() if slot == "edit" else None)
     running = _draw(panel, ctx)
     assert ("progress", "Inversion 40%, 0:12 left") in running
     assert ("operator", "sequencer.tokenflow_cancel") in running
@@ -127,7 +127,7 @@ def test_farm_panel_states(tf, scene, monkeypatch) -> None:
     state.farm_stage, state.farm_progress, state.farm_message = "active", 0.5, "Farm job active: chunks"
     state.farm_job_id = "6f1d3c4e-7a52-4f5e-9a43-2d7f0b9a1c11"
     state.farm_web_page = f"http://localhost:8080/app/jobs/{state.farm_job_id}"
-    monkeypatch.setattr(tf.controller, "running", lambda slot: object() if slot == "farm" else None)
+    monkeypatch.setattr(tf.runs.registry, "running", lambda slot: object() if slot == "farm" else None)
     try:
         running = _draw(panel, ctx)
     finally:

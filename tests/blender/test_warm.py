@@ -54,7 +54,7 @@ def shot(ext, assets, tmp_path_factory) -> Any:
     s.evaluate = False
     s.output_dir = str(out) + os.sep
     yield {"scene": scene, "out": out, "frames": assets["frames"], "model": assets["model"]}
-    sys.modules[f"{MODULE}.tokenflow_blender"].warm.shutdown_all()
+    sys.modules[f"{MODULE}.tokenflow_blender"].runs.warm.shutdown_all()
     if window and old is not None:
         window.scene = old
     bpy.data.scenes.remove(scene)
@@ -77,7 +77,7 @@ def _start_long_job(tf, scene: Any) -> Any:
         assert run_op("sequencer.tokenflow_propagate", scene) == {"FINISHED"}
     finally:
         scene.tokenflow.steps, scene.tokenflow.size = 2, 64
-    task = tf.controller.get("edit")
+    task = tf.runs.registry.get("edit")
     deadline = time.monotonic() + GUARD
     while not any(e["event"] == "progress" and e["stage"] == "inversion" for e in task.events):
         assert task.tick(), task.message + "\n" + task.log_tail(30)
@@ -89,10 +89,10 @@ def _start_long_job(tf, scene: Any) -> Any:
 def _gone_after_ticks(tf, pid: int) -> bool:
     """Tick until the engine with `pid` has exited and no engine is current (reaped)."""
     deadline = time.monotonic() + GUARD
-    while (tf.warm.current() is not None or not process_gone(pid)) and time.monotonic() < deadline:
+    while (tf.runs.warm.current() is not None or not process_gone(pid)) and time.monotonic() < deadline:
         tf.jobs.tick()
         time.sleep(0.1)
-    return process_gone(pid) and tf.warm.current() is None
+    return process_gone(pid) and tf.runs.warm.current() is None
 
 
 def _no_temp_folders(out: Path) -> None:
@@ -102,7 +102,7 @@ def _no_temp_folders(out: Path) -> None:
 def test_jobs_share_one_engine_and_unload_ends_it(tf, shot) -> None:
     scene = shot["scene"]
     first = _run(tf, scene)
-    engine = tf.warm.current()
+    engine = tf.runs.warm.current()
     assert engine is not None and first.pid == engine.pid
     scene.tokenflow.prompt = "a snowy street"  # the tweak loop: another preview, then the shot
     try:
@@ -119,7 +119,7 @@ def test_jobs_share_one_engine_and_unload_ends_it(tf, shot) -> None:
     assert run_op("sequencer.tokenflow_unload_model", scene) == {"FINISHED"}
     assert _gone_after_ticks(tf, first.pid)
     fresh = _run(tf, scene)  # the next job loads the model again, in a new engine
-    assert fresh.pid != first.pid and tf.warm.current().ready["loads"] == 1
+    assert fresh.pid != first.pid and tf.runs.warm.current().ready["loads"] == 1
 
 
 def test_cancel_mid_job_keeps_the_engine_for_the_next_job(tf, shot) -> None:
@@ -145,21 +145,21 @@ def test_model_switch_reloads_in_the_same_engine(tf, shot, tmp_path, assets) -> 
     other = tmp_path / "other-tiny"
     made = subprocess.run(
         [str(_engine_python()), "-m", "engine", "make-tiny-model", str(other), "--seed", "5"],
-        cwd=tf.engine_env.extension_root(),
-        env={**os.environ, "PYTHONPATH": tf.engine_env.extension_root()},
+        cwd=tf.runs.engine_env.extension_root(),
+        env={**os.environ, "PYTHONPATH": tf.runs.engine_env.extension_root()},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert made.returncode == 0, made.stderr[-2000:]
     first = _run(tf, scene)
-    loads = tf.warm.current().ready["loads"]
+    loads = tf.runs.warm.current().ready["loads"]
     scene.tokenflow.model = str(other)
     try:
         switched = _run(tf, scene)
     finally:
         scene.tokenflow.model = str(shot["model"])
-    ready = tf.warm.current().ready
+    ready = tf.runs.warm.current().ready
     assert switched.pid == first.pid
     assert ready["model"] == str(other) and ready["loads"] == loads + 1
 
@@ -169,7 +169,7 @@ def test_idle_timeout_ends_the_engine(tf, shot) -> None:
     prefs.engine_idle_minutes = 0.02  # 1.2 s
     try:
         task = _run(tf, shot["scene"])  # another idle timeout: a new engine, the old one told to exit
-        assert tf.warm.current().ready["idle_timeout"] == pytest.approx(1.2)
+        assert tf.runs.warm.current().ready["idle_timeout"] == pytest.approx(1.2)
         assert _gone_after_ticks(tf, task.pid)
     finally:
         prefs.engine_idle_minutes = 10.0
@@ -198,7 +198,7 @@ def test_turning_it_off_runs_one_shot_and_frees_the_warm_engine(tf, shot) -> Non
         task = _run(tf, shot["scene"])
     finally:
         _prefs().keep_engine_warm = True
-    assert not isinstance(task, tf.warm.WarmJob) and task.pid != warm_pid
+    assert not isinstance(task, tf.runs.warm.WarmJob) and task.pid != warm_pid
     assert process_gone(task.pid)  # the one-shot engine ended with its job
     assert _gone_after_ticks(tf, warm_pid)
 
@@ -242,13 +242,13 @@ ed.active_strip = strip
 s = scene.tokenflow
 s.prompt, s.model, s.steps, s.size, s.output_dir = "snow", {model!r}, 2, 64, {out!r}
 bpy.ops.sequencer.tokenflow_preview()
-task = pkg.controller.get("edit")
+task = pkg.runs.registry.get("edit")
 while task.tick():
     time.sleep(0.05)
 assert task.state == "DONE", task.message
 s.steps, s.size = 400, 128
 bpy.ops.sequencer.tokenflow_propagate()
-task = pkg.controller.get("edit")
+task = pkg.runs.registry.get("edit")
 while not any(e["event"] == "progress" and e["stage"] == "inversion" for e in task.events):
     task.tick()
     time.sleep(0.05)

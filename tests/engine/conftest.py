@@ -21,16 +21,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `python -m engine` doe
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from engine.tiny_model import make_tiny_model
+    from engine.model.tiny_model import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture(scope="session")
 def model(tiny_model_dir: Path):
-    from engine import devices, models
+    from engine.model import devices, loading
 
-    return models.load(str(tiny_model_dir), devices.choose("cpu"))
+    return loading.load(str(tiny_model_dir), devices.choose("cpu"))
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +49,8 @@ class Recorder(io.StringIO):
 
 def run_in_process(model, **fields: Any) -> tuple[int, Recorder]:
     """Run a job in this process with an already loaded model; returns (exit code, events)."""
-    from engine.events import CancelToken, Emitter
-    from engine.runner import execute
+    from engine.run.events import CancelToken, Emitter
+    from engine.run.execute import execute
 
     fields.setdefault("steps", 3)
     fields.setdefault("size", 64)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import frames as frames_mod
+from engine.images import frames as frames_mod
 from tests.engine.test_matte import watercolor, write_mattes
 
 

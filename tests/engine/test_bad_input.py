@@ -113,17 +113,17 @@ def test_no_frames_job(tmp_path):
 
 
 def test_unknown_models(tmp_path, shot):
-    from engine import devices, models
     from engine.errors import ModelError
+    from engine.model import devices, loading
 
     placement = devices.choose("cpu")
     with pytest.raises(ModelError, match="nobody-here/no-such-model") as err:
-        models.load("nobody-here/no-such-model", placement)  # offline: not cached
+        loading.load("nobody-here/no-such-model", placement)  # offline: not cached
     assert "diffusers folder" in str(err.value) and ".safetensors" in str(err.value)
     with pytest.raises(ModelError, match="does not exist"):
-        models.load(str(tmp_path / "missing.safetensors"), placement)
+        loading.load(str(tmp_path / "missing.safetensors"), placement)
     with pytest.raises(ModelError, match="no model_index.json"):
-        models.load(str(tmp_path), placement)
+        loading.load(str(tmp_path), placement)
 
 
 class _OutOfMemoryUNet(torch.nn.Module):
@@ -159,7 +159,7 @@ def test_a_frame_changed_during_the_run_is_refused(shot):
     import numpy as np
 
     from engine.errors import BadInput
-    from engine.frames import read_shot
+    from engine.images.frames import read_shot
 
     read = read_shot(shot)
     frame = read.frames[1]

@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from engine.inversion import _read_entry, checksum
+from engine.method.inversion import _read_entry, checksum
 from tests.engine.conftest import run_in_process
 
 STEPS = 3

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.fingerprint import INDEX_NAME, DigestIndex, files_digest
-from engine.inversion import InversionCache, InversionSettings
+from engine.method.inversion import InversionCache, InversionSettings
+from engine.model.fingerprint import INDEX_NAME, DigestIndex, files_digest
 from tests.engine.conftest import run_in_process
 
 

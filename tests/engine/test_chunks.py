@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from engine.errors import BadInput
-from engine.merge import merge
+from engine.run.merge import merge
 from tests.engine.conftest import run_in_process
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import PyOpenColorIO as OCIO
 import pytest
 
-from engine import colour, plates, protocol
+from engine import protocol
+from engine.images import colour, plates
 from tests import exr_plates
 from tests.engine.conftest import run_in_process
 
@@ -238,7 +239,7 @@ def test_evaluate_on_exr_plates_is_refused(city16, tmp_path):
 
 def test_evaluate_command_refuses_exr_folders(city16, tmp_path):
     from engine.errors import BadInput
-    from engine.evaluate import list_frames
+    from engine.quality.evaluate import list_frames
 
     exr_plates.make_plates(city16[:1], tmp_path / "plate")
     with pytest.raises(BadInput, match="EXR plates"):

@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import evaluate, protocol
+from engine import protocol
+from engine.quality import evaluate
 from tests.clips import extract_frames
 from tests.engine.conftest import run_cli
 

@@ -217,7 +217,7 @@ def _dead_pid() -> int:
 
 
 def test_merge_removes_only_temporary_folders_of_dead_runs_on_this_host(tmp_path):
-    from engine.merge import merge
+    from engine.run.merge import merge
 
     host, dead = socket.gethostname(), _dead_pid()
     stale = [tmp_path / f".merged.tmp-{host}-{dead}", tmp_path / f".other.tmp-{host}-{dead}"]
@@ -492,8 +492,8 @@ class _ClosesAt:
 
 
 def test_a_result_is_never_left_without_its_done_event(model, shot, tmp_path):
-    from engine.events import CancelToken, Emitter
-    from engine.runner import execute
+    from engine.run.events import CancelToken, Emitter
+    from engine.run.execute import execute
 
     job = protocol.Job(
         frames=[str(p) for p in sorted(shot.iterdir())],

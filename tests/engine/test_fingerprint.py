@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import devices, models
-from engine.fingerprint import INDEX_NAME, DigestIndex, files_digest
+from engine.model import devices, loading
+from engine.model.fingerprint import INDEX_NAME, DigestIndex, files_digest
 from tests.engine.conftest import run_in_process
 from tests.engine.model_edits import UNET_FILE, model_copy
 
@@ -37,7 +37,7 @@ def two_models(tiny_model_dir, tmp_path_factory):
 
 def test_one_attention_weight_changes_identity_and_cache_entries(two_models, city16, tmp_path):
     placement = devices.choose("cpu")
-    a, b = (models.load(str(p), placement) for p in two_models)
+    a, b = (loading.load(str(p), placement) for p in two_models)
     index = tmp_path / "cache" / INDEX_NAME
     assert a.fingerprint(DigestIndex(index)) != b.fingerprint(DigestIndex(index))
 
@@ -54,7 +54,7 @@ def test_one_attention_weight_changes_identity_and_cache_entries(two_models, cit
 
 def test_rewrite_with_same_bytes_keeps_identity_and_remembers(two_models, tmp_path):
     folder = model_copy(two_models[0], tmp_path / "m")
-    files = models.model_files(str(folder))
+    files = loading.model_files(str(folder))
     names = {name for name, _ in files}
     assert {"model_index.json", UNET_FILE, "unet/config.json", "tokenizer/vocab.json"} <= names
     index_path = tmp_path / INDEX_NAME
@@ -85,14 +85,14 @@ def test_rewrite_with_same_bytes_keeps_identity_and_remembers(two_models, tmp_pa
 def test_moved_model_folder_keeps_identity(two_models, tmp_path):
     moved = model_copy(two_models[0], tmp_path / "elsewhere" / "renamed")
     index = DigestIndex(None)
-    assert files_digest(models.model_files(str(moved)), index) == files_digest(
-        models.model_files(str(two_models[0])), index
+    assert files_digest(loading.model_files(str(moved)), index) == files_digest(
+        loading.model_files(str(two_models[0])), index
     )
 
 
 @pytest.mark.parametrize("damage", ["garbage", "forged"])
 def test_damaged_index_is_rebuilt_not_trusted(two_models, tmp_path, damage):
-    files = models.model_files(str(two_models[0]))
+    files = loading.model_files(str(two_models[0]))
     identity = files_digest(files, DigestIndex(None))
     index_path = tmp_path / INDEX_NAME
     files_digest(files, DigestIndex(index_path))
@@ -115,7 +115,7 @@ def test_single_file_checkpoint_includes_config_folder(tmp_path):
     config = tmp_path / "config"
     (config / "unet").mkdir(parents=True)
     (config / "unet" / "config.json").write_text("{}")
-    files = dict(models.model_files(str(checkpoint), str(config)))
+    files = dict(loading.model_files(str(checkpoint), str(config)))
     assert files == {
         "checkpoint.safetensors": checkpoint,
         "config/unet/config.json": config / "unet" / "config.json",
@@ -132,8 +132,8 @@ def test_hub_id_hashes_its_local_snapshot(two_models, tmp_path):
     model_copy(two_models[0], repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    hub = models.model_files("someone/tiny-sd", hub_cache=str(tmp_path / "hub"))
-    local = models.model_files(str(two_models[0]))
+    hub = loading.model_files("someone/tiny-sd", hub_cache=str(tmp_path / "hub"))
+    local = loading.model_files(str(two_models[0]))
     assert [n for n, _ in hub] == [n for n, _ in local]
     assert files_digest(hub, DigestIndex(None)) == files_digest(local, DigestIndex(None))
 
@@ -156,13 +156,13 @@ def test_model_built_in_memory_hashes_every_tensor(model):
 
 def test_loaded_model_lists_its_files(tiny_model_dir, model):
     assert model.files is not None
-    assert {n for n, _ in model.files} == {n for n, _ in models.model_files(str(tiny_model_dir))}
+    assert {n for n, _ in model.files} == {n for n, _ in loading.model_files(str(tiny_model_dir))}
     assert all(Path(p).is_file() for _, p in model.files)
 
 
 def test_model_files_gone_after_load_fall_back_to_the_tensors(tiny_model_dir, tmp_path, caplog):
     folder = model_copy(tiny_model_dir, tmp_path / "m")
-    loaded = models.load(str(folder), devices.choose("cpu"))
+    loaded = loading.load(str(folder), devices.choose("cpu"))
     (folder / UNET_FILE).unlink()
     in_memory = dataclasses.replace(loaded, files=None, _identity="").identity
     assert loaded.fingerprint(DigestIndex(tmp_path / INDEX_NAME)) == in_memory
@@ -171,7 +171,7 @@ def test_model_files_gone_after_load_fall_back_to_the_tensors(tiny_model_dir, tm
 
 def test_index_keeps_other_machines_entries_up_to_its_cap(tmp_path, monkeypatch):
     """A shared farm cache holds every worker's entries: a path missing here is not dropped."""
-    from engine import fingerprint
+    from engine.model import fingerprint
 
     index_path = tmp_path / INDEX_NAME
     elsewhere = {"/another/machine/unet.safetensors": {"stat": [1, 2, 3, 4], "digest": "a" * 64}}

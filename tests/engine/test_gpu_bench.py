@@ -1,5 +1,5 @@
 """bench/gpu_bench.py must not rot: its CPU dry run (2 frames, 64 px, 2 steps, tiny model, channels-last
-UNet) prints the README's table, and without CUDA it refuses with a clear message."""
+UNet) prints docs/performance.md's table, and without CUDA it refuses with a clear message."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_channels_last_unet_gives_the_same_edit(model, city16, tmp_path):
     """The engine's CUDA layout (channels-last UNet) runs TokenFlow's processors and hooks unchanged."""
     import torch
 
-    from engine.speedups import prepare_unet
+    from engine.model.speedups import prepare_unet
     from tests.engine.conftest import run_in_process
 
     def edit(name: str):

@@ -49,10 +49,10 @@ def test_the_stdlib_schedule_is_diffusers_leading_schedule():
 
 
 def test_keep_returns_the_full_inversion_at_those_timesteps(model, city16):
-    from engine.editing import EditSettings, edit_timesteps
-    from engine.frames import read_shot, to_working
-    from engine.inversion import encode, invert
-    from engine.runner import _to_tensor
+    from engine.images.frames import read_shot, to_working
+    from engine.method.editing import EditSettings, edit_timesteps
+    from engine.method.inversion import encode, invert
+    from engine.run.runner import _to_tensor
 
     shot = read_shot(city16[:2])
     clean = encode(model, _to_tensor([to_working(f.load(), (64, 64)) for f in shot.frames]))

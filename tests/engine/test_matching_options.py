@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from engine import protocol
-from engine.attention import TokenFlowState
-from engine.keyframes import FrameSource
-from engine.matching import MatchOptions, nearest_tokens, reduce, unit
+from engine.method.attention import TokenFlowState
+from engine.method.keyframes import FrameSource
+from engine.method.matching import MatchOptions, nearest_tokens, reduce, unit
 from tests.engine.conftest import run_in_process
 
 STEPS = 3

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from engine import protocol
-from engine.editing import Editor, EditSettings, Prompts
 from engine.errors import BadInput
-from engine.matte import Matte
+from engine.images.matte import Matte
+from engine.method.editing import Editor, EditSettings, Prompts
 from tests import exr_plates
 from tests.engine.conftest import cli_events, run_cli, run_in_process
 

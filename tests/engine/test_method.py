@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine import keyframes
-from engine.matching import nearest_tokens
+from engine.method import keyframes
+from engine.method.matching import nearest_tokens
 from tests.engine.conftest import run_in_process
 
 
@@ -139,10 +139,10 @@ def test_second_prompt_runs_no_inversion_and_changed_frame_misses(model, city16,
 
 @pytest.mark.parametrize(("steps", "f_t", "attn_t"), [(10, 0.8, 0.5), (7, 0.3, 1.0), (6, 0.0, 0.5)])
 def test_injection_is_active_for_the_configured_fraction(model, city16, tmp_path, steps, f_t, attn_t):
-    from engine.editing import Editor, EditSettings, Prompts
-    from engine.frames import read_shot, to_working
-    from engine.inversion import encode, invert
-    from engine.runner import _to_tensor
+    from engine.images.frames import read_shot, to_working
+    from engine.method.editing import Editor, EditSettings, Prompts
+    from engine.method.inversion import encode, invert
+    from engine.run.runner import _to_tensor
 
     shot = read_shot(city16[:5])
     clean = encode(model, _to_tensor([to_working(f.load(), (64, 64)) for f in shot.frames]))

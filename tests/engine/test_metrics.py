@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import metrics
+from engine.quality import metrics
 from tests.clips import extract_frames
 
 PAN = 3  # pixels per frame

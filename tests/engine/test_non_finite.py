@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from engine import devices, models, protocol
-from engine.inversion import _read_entry
+from engine import protocol
+from engine.method.inversion import _read_entry
+from engine.model import devices, loading
 from tests.engine.conftest import run_in_process
 from tests.engine.model_edits import TEXT_FILE, UNET_FILE, VAE_FILE, model_copy
 
@@ -20,7 +21,7 @@ def _inf(tensor: torch.Tensor) -> None:
 
 def _broken(tiny_model_dir, tmp_path, file: str, key: str):
     folder = model_copy(tiny_model_dir, tmp_path / "broken", file, key, _inf)
-    return models.load(str(folder), devices.choose("cpu"))
+    return loading.load(str(folder), devices.choose("cpu"))
 
 
 def _run(model, city16, tmp_path):
@@ -77,7 +78,7 @@ def test_edit_that_overflows_stops_with_the_guidance_named(tiny_model_dir, city1
 
     key = "embeddings.token_embedding.weight"
     folder = model_copy(tiny_model_dir, tmp_path / "broken", TEXT_FILE, key, z_is_inf)
-    model = models.load(str(folder), devices.choose("cpu"))
+    model = loading.load(str(folder), devices.choose("cpu"))
     code, events = run_in_process(
         model,
         frames=[str(f) for f in city16[:4]],

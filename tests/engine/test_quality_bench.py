@@ -10,7 +10,7 @@ import cv2
 import pytest
 
 from bench import quality
-from engine import keyframes
+from engine.method import keyframes
 
 
 def test_quality_bench_on_four_tiny_frames(

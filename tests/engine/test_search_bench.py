@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.search_bench import window_nearest
-from engine.matching import nearest_tokens, unit
+from engine.method.matching import nearest_tokens, unit
 
 
 @pytest.mark.parametrize(("h", "w", "radius"), [(6, 9, 1), (5, 4, 2), (8, 8, 3)])

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from engine import protocol
-from engine.memo import Bounded, tensor_bytes
+from engine.cache.memo import Bounded, tensor_bytes
 from tests.engine.conftest import ROOT, engine_command
 
 WAIT = 240.0  # a guard against a hang, not a measurement
@@ -147,7 +147,7 @@ def test_a_bad_line_gets_an_error_and_the_server_stays_ready(server, tiny_model_
 
 
 def test_another_model_is_loaded_in_place_of_the_first(server, tiny_model_dir, city16, tmp_path):
-    from engine.tiny_model import make_tiny_model
+    from engine.model.tiny_model import make_tiny_model
 
     other = make_tiny_model(tmp_path / "other", seed=7)
     frames = city16[:4]

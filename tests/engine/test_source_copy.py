@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine import attention
-from engine.attention import TokenFlowState
-from engine.editing import Editor
-from engine.keyframes import FrameSource
+from engine.method import attention
+from engine.method.attention import TokenFlowState
+from engine.method.editing import Editor
+from engine.method.keyframes import FrameSource
 from tests.engine.conftest import run_in_process
 
 STEPS = 10  # injection: int(10 * 0.8) = 8 steps of residuals; reuse 0.2: steps 8 and 9 reuse fields

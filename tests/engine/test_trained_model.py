@@ -26,9 +26,9 @@ STEPS = 10
 
 @pytest.fixture(scope="module")
 def trained():
-    from engine import devices, models
+    from engine.model import devices, loading
 
-    return models.load(str(MODEL), devices.choose("cpu"))
+    return loading.load(str(MODEL), devices.choose("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +71,8 @@ def run(trained, frames: Path, out: Path, count: int, **fields) -> list[np.ndarr
 def vae_round_trip(trained, images: list[np.ndarray]) -> list[np.ndarray]:
     import torch
 
-    from engine.editing import decode_chunks
-    from engine.inversion import encode
+    from engine.method.editing import decode_chunks
+    from engine.method.inversion import encode
 
     rgb = np.stack([im[..., ::-1] for im in images])
     latents = encode(trained, torch.from_numpy(rgb.copy()).permute(0, 3, 1, 2) * 2 - 1)
@@ -98,7 +98,7 @@ def test_pencil_sketch_edit_moves_toward_its_ground_truth(trained, held_out, tmp
 
 
 def test_tokenflow_is_steadier_than_per_frame_editing(trained, held_out, tmp_path):
-    from engine.evaluate import evaluate_folders
+    from engine.quality.evaluate import evaluate_folders
 
     prompt = f"a watercolor painting of {CAPTION}"
     warp = {}

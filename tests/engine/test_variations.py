@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from engine import protocol
-from engine.events import CancelToken, Emitter
-from engine.runner import MANIFEST
+from engine.protocol import MANIFEST
+from engine.run.events import CancelToken, Emitter
 from tests.engine.conftest import Recorder, run_in_process
 from tests.engine.test_method import read
 
@@ -147,11 +147,11 @@ def test_seed_variations_in_resample_mode_differ(model, city16, tmp_path) -> Non
 
 
 def test_model_loads_once_and_a_cancel_leaves_nothing(model, city16, tmp_path, monkeypatch) -> None:
-    import engine.runner
-    from engine.runner import execute
+    import engine.run.runner
+    from engine.run.execute import execute
 
     loads = []
-    monkeypatch.setattr(engine.runner, "load", lambda *a, **k: loads.append(a) or model)
+    monkeypatch.setattr(engine.run.runner, "load", lambda *a, **k: loads.append(a) or model)
     job = protocol.Job(
         frames=[str(f) for f in city16[:6]],
         output=str(tmp_path / "v"),

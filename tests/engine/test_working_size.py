@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import frames
+from engine.images import frames
 from tests.engine.conftest import run_in_process
 
 

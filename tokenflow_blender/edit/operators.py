@@ -1,4 +1,5 @@
-"""Operators: thin wrappers that call :mod:`.jobs` and turn its errors into reports.
+"""The edit's operators (Preview, Propagate, Cancel, Show Log, Unload Model; Install, Check Engine):
+thin wrappers that call :mod:`.start` and :mod:`..jobs` and turn their errors into reports.
 
 They return at once: the engine runs as a subprocess and a timer brings its progress and result
 back, so the UI never blocks (and `INVOKE_DEFAULT` from a script behaves like `execute`).
@@ -11,17 +12,15 @@ import os
 import bpy
 from bpy.props import StringProperty
 
-from ..engine import protocol
-from . import compat, controller, convert, farm_jobs, jobs, preferences
+from ...engine import protocol
+from .. import compat, jobs
+from ..runs import registry
+from ..runs.task import ERROR
+from ..session import SLOT_EDIT, SLOT_INSTALL, UserError, fail, state
+from ..settings import preferences
+from . import start
 
 LOG_TEXT = "TokenFlow Log"
-
-
-def _fail(op: bpy.types.Operator, message: str) -> set[str]:
-    """Report a problem and keep it in the panel: no silent failures."""
-    jobs.state().error = message
-    op.report({"ERROR"}, message)
-    return {"CANCELLED"}
 
 
 class _EditOperator:
@@ -34,11 +33,11 @@ class _EditOperator:
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         try:
-            task = jobs.start_edit(context, self.stage)
-        except jobs.UserError as exc:
-            return _fail(self, str(exc))
-        if task.state == controller.ERROR:
-            return _fail(self, task.message)
+            task = start.start_edit(context, self.stage)
+        except UserError as exc:
+            return fail(self, str(exc))
+        if task.state == ERROR:
+            return fail(self, task.message)
         self.report({"INFO"}, f"TokenFlow {self.stage} started: {task.context['count']} frames")
         return {"FINISHED"}
 
@@ -70,49 +69,11 @@ class SEQUENCER_OT_tokenflow_cancel(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        return controller.running(jobs.SLOT_EDIT) is not None
+        return registry.running(SLOT_EDIT) is not None
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        jobs.cancel(jobs.SLOT_EDIT)
+        jobs.cancel(SLOT_EDIT)
         self.report({"INFO"}, "Cancelling the TokenFlow job")
-        return {"FINISHED"}
-
-
-class SEQUENCER_OT_tokenflow_submit_farm(bpy.types.Operator):
-    """Send the active strip's edit to the Flamenco Manager set in the preferences; the result comes
-    back as a new strip when the farm job completes. Frames and output must be on shared storage"""
-
-    bl_idname = "sequencer.tokenflow_submit_farm"
-    bl_label = "Submit to Farm"
-    bl_options = {"REGISTER"}
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return compat.scene_of(context) is not None
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        try:
-            task = farm_jobs.start_farm(context)
-        except jobs.UserError as exc:
-            return _fail(self, str(exc))
-        self.report({"INFO"}, f"Submitting {task.context['count']} frames to {task.client.url}")
-        return {"FINISHED"}
-
-
-class SEQUENCER_OT_tokenflow_cancel_farm(bpy.types.Operator):
-    """Ask the Flamenco Manager to cancel the farm job; nothing is added"""
-
-    bl_idname = "sequencer.tokenflow_cancel_farm"
-    bl_label = "Cancel Farm Job"
-    bl_options = {"REGISTER"}
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return controller.running(jobs.SLOT_FARM) is not None
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        farm_jobs.cancel()
-        self.report({"INFO"}, "Cancelling the farm job")
         return {"FINISHED"}
 
 
@@ -126,7 +87,7 @@ class SEQUENCER_OT_tokenflow_show_log(bpy.types.Operator):
     path: StringProperty(name="Log", default="", subtype="FILE_PATH", options={"SKIP_SAVE"})
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        path = self.path or jobs.state().log_path
+        path = self.path or state().log_path
         if not path or not os.path.isfile(path):
             self.report({"WARNING"}, "No engine log yet: run a job first")
             return {"CANCELLED"}
@@ -165,11 +126,11 @@ class PREFERENCES_OT_tokenflow_install_engine(bpy.types.Operator):
     def execute(self, context: bpy.types.Context) -> set[str]:
         prefs = preferences.get()
         try:
-            jobs.start_install(prefs.torch_index_url if prefs else "")
-        except jobs.UserError as exc:
-            jobs.state().install_status = "ERROR"
-            jobs.state().install_message = str(exc)
-            return _fail(self, str(exc))
+            start.start_install(prefs.torch_index_url if prefs else "")
+        except UserError as exc:
+            state().install_status = "ERROR"
+            state().install_message = str(exc)
+            return fail(self, str(exc))
         self.report({"INFO"}, "Installing the engine; this downloads a few GB")
         return {"FINISHED"}
 
@@ -181,7 +142,7 @@ class PREFERENCES_OT_tokenflow_cancel_install(bpy.types.Operator):
     bl_label = "Cancel Install"
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        jobs.cancel(jobs.SLOT_INSTALL)
+        jobs.cancel(SLOT_INSTALL)
         return {"FINISHED"}
 
 
@@ -194,50 +155,11 @@ class PREFERENCES_OT_tokenflow_check_engine(bpy.types.Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         try:
-            jobs.start_check()
-        except jobs.UserError as exc:
-            jobs.state().engine_info = str(exc)
-            return _fail(self, str(exc))
+            start.start_check()
+        except UserError as exc:
+            state().engine_info = str(exc)
+            return fail(self, str(exc))
         self.report({"INFO"}, "Checking the engine")
-        return {"FINISHED"}
-
-
-class SEQUENCER_OT_tokenflow_convert_movie(bpy.types.Operator):
-    """Render the active movie strip's visible frames (trims, offsets, speed, colour space as the
-    timeline shows them), or a DPX, Cineon or HDR sequence's, to a new folder of PNG or OpenEXR
-    frames under Output, and add them as an image strip above it. The source is not changed"""
-
-    bl_idname = "sequencer.tokenflow_convert_movie"
-    bl_label = "Convert to Image Sequence"
-    bl_options = {"REGISTER"}
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return compat.scene_of(context) is not None and controller.running(jobs.SLOT_CONVERT) is None
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        try:
-            task = convert.start(context)
-        except (convert.ConvertError, ValueError, OSError) as exc:
-            return _fail(self, str(exc))
-        self.report({"INFO"}, f"Converting '{task.source}': {len(task.frames)} frames")
-        return {"FINISHED"}
-
-
-class SEQUENCER_OT_tokenflow_cancel_convert(bpy.types.Operator):
-    """Stop converting the strip; nothing is added and the frames written so far are removed"""
-
-    bl_idname = "sequencer.tokenflow_cancel_convert"
-    bl_label = "Cancel Conversion"
-    bl_options = {"REGISTER"}
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return controller.running(jobs.SLOT_CONVERT) is not None
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        convert.cancel()
-        self.report({"INFO"}, "Conversion cancelled")
         return {"FINISHED"}
 
 
@@ -250,9 +172,9 @@ class SEQUENCER_OT_tokenflow_unload_model(bpy.types.Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         try:
-            unloaded = jobs.unload_engine()
-        except jobs.UserError as exc:
-            return _fail(self, str(exc))
+            unloaded = start.unload_engine()
+        except UserError as exc:
+            return fail(self, str(exc))
         self.report({"INFO"}, "Model unloaded" if unloaded else "No model was loaded")
         return {"FINISHED"}
 
@@ -262,13 +184,9 @@ classes = (
     SEQUENCER_OT_tokenflow_preview,
     SEQUENCER_OT_tokenflow_propagate,
     SEQUENCER_OT_tokenflow_cancel,
-    SEQUENCER_OT_tokenflow_submit_farm,
-    SEQUENCER_OT_tokenflow_cancel_farm,
     SEQUENCER_OT_tokenflow_show_log,
     PREFERENCES_OT_tokenflow_install_engine,
     PREFERENCES_OT_tokenflow_cancel_install,
     PREFERENCES_OT_tokenflow_check_engine,
-    SEQUENCER_OT_tokenflow_convert_movie,
-    SEQUENCER_OT_tokenflow_cancel_convert,
 )
 register, unregister = bpy.utils.register_classes_factory(classes)

@@ -15,7 +15,7 @@ import json
 import os
 from typing import Any
 
-MANIFEST = "tokenflow.json"
+from ...engine import protocol
 
 _last: dict[str, Any] | None = None
 
@@ -45,5 +45,5 @@ def last_json() -> str:
 def read_manifest(folder: str) -> dict[str, Any]:
     """The `tokenflow.json` manifest of a result folder: files, indices, keyframes, sources, the job,
     stats and metrics. Raises OSError or ValueError when it is missing or unreadable."""
-    with open(os.path.join(folder, MANIFEST), encoding="utf-8") as fh:
+    with open(os.path.join(folder, protocol.MANIFEST), encoding="utf-8") as fh:
         return json.load(fh)

@@ -159,7 +159,7 @@ def submitted_job(
 # --- the client ----------------------------------------------------------------------------------
 class Client:
     """A few calls of the Manager's API. Blocking: Blender calls it in a child process
-    (:mod:`.farm_calls`), never in its own process."""
+    (:mod:`.calls`), never in its own process."""
 
     def __init__(self, url: str, timeout: float = TIMEOUT) -> None:
         self.url = normalize_url(url)

@@ -2,10 +2,10 @@
 
 `start_farm()` checks everything it can before anything is written or sent (prompt, strip, a
 shared output folder, the Manager's address, Blender's online access) and hands a
-:class:`.farm_task.FarmTask` the engine job and the Flamenco `SubmittedJob`. The timer ticks the
+:class:`.task.FarmTask` the engine job and the Flamenco `SubmittedJob`. The timer ticks the
 task like an engine run; its callbacks (main thread) copy its state into
 `window_manager.tokenflow_job.farm_*` and, when the farm job has completed, add the merged result
-with :func:`.jobs.apply_result`, exactly as a local Propagate does.
+with :func:`..edit.apply.apply_result`, exactly as a local Propagate does.
 
 The farm job has its own slot, so previews can run locally while the farm works.
 """
@@ -20,21 +20,18 @@ from typing import Any
 
 import bpy
 
-from ..engine import protocol
-from . import (
-    compat,
-    controller,
-    farm_task,
-    flamenco,
-    jobs,
-    mattes,
-    ocio_share,
-    planning,
-    preferences,
-    strips,
-    takes,
-)
-from .jobs import SLOT_FARM, UserError
+from ...engine import protocol
+from .. import compat, session
+from ..edit.apply import apply_take, result_context
+from ..edit.job import build_job
+from ..runs import registry
+from ..runs.task import DONE, ERROR
+from ..sequencer import mattes, planning, strips
+from ..session import SLOT_FARM, UserError
+from ..settings import preferences
+from ..takes import manifest
+from . import flamenco, ocio_share
+from .task import FarmTask
 
 JOB_SUFFIX = ".job.json"  # the engine job file sits beside the output folder it describes
 CHUNKS_SUFFIX = ".chunks"  # where the job type puts the chunks (`${output}.chunks`)
@@ -61,7 +58,7 @@ def shared_output_parent(scene: Any) -> str:
     raw = scene.tokenflow.output_dir.strip() or "//tokenflow/"
     if raw.startswith("//") and not bpy.data.filepath:
         raise UserError(UNSAVED_MESSAGE)
-    return jobs.output_parent(scene)
+    return session.output_parent(scene)
 
 
 def new_output(parent: str, source: str, prompt: str) -> str:
@@ -116,9 +113,9 @@ def _metadata(scene: Any, shot: strips.Shot) -> dict[str, str]:
     }
 
 
-def start_farm(context: Any) -> farm_task.FarmTask:
+def start_farm(context: Any) -> FarmTask:
     """Check, then submit in the background. Raise UserError before anything is written or sent."""
-    if controller.running(SLOT_FARM):
+    if registry.running(SLOT_FARM):
         raise UserError("a farm job is already being watched; cancel it or wait for it to finish")
     scene = compat.scene_of(context)
     if scene is None:
@@ -141,13 +138,13 @@ def start_farm(context: Any) -> farm_task.FarmTask:
     except strips.SourceError as exc:
         raise UserError(str(exc)) from exc
     output = new_output(shared_output_parent(scene), shot.name, settings.prompt)
-    job = jobs.build_job(scene, shot, protocol.STAGE_PROPAGATE, output)  # the settings, checked first
+    job = build_job(scene, shot, protocol.STAGE_PROPAGATE, output)  # the settings, checked first
     matte = farm_matte(scene, shot)
     if matte:
-        job = jobs.build_job(scene, shot, protocol.STAGE_PROPAGATE, output, matte)
+        job = build_job(scene, shot, protocol.STAGE_PROPAGATE, output, matte)
     # The workers choose their own device; measuring is per chunk there, not the shot's.
     job = dataclasses.replace(job, device="auto", evaluate=False, cache_dir=preferences.farm_cache_dir())
-    job.extra.update(takes.take_extra(scene.name, shot.name))  # the merged result is a take of the strip
+    job.extra.update(manifest.take_extra(scene.name, shot.name))  # the merged result is a take of the strip
     job_file = output + JOB_SUFFIX
     submitted = flamenco.submitted_job(
         planning.result_name(shot.name, job.prompt, preview=False, limit=120),
@@ -163,7 +160,7 @@ def start_farm(context: Any) -> farm_task.FarmTask:
         ),
         metadata=_metadata(scene, shot),
     )
-    task = farm_task.FarmTask(
+    task = FarmTask(
         client=flamenco.Client(url),
         job=submitted,
         job_file=job_file,
@@ -173,21 +170,21 @@ def start_farm(context: Any) -> farm_task.FarmTask:
         worker_tag=preferences.farm_worker_tag(),
         on_event=_show,
         on_finish=_on_finish,
-        context=jobs.result_context(scene, shot, job.prompt, protocol.STAGE_PROPAGATE),
+        context=result_context(scene, shot, job.prompt, protocol.STAGE_PROPAGATE),
         ocio_home=ocio_home(job.ocio_config, output),
     )
-    st = jobs.state()
+    st = session.state()
     st.error = ""
-    controller.put(SLOT_FARM, task)
+    registry.put(SLOT_FARM, task)
     task.start()
     _show(task)
-    jobs.ensure_timer()
+    session.ensure_timer()
     return task
 
 
 def cancel() -> bool:
     """Ask the Manager to cancel the farm job (or drop a submission not yet made)."""
-    task = controller.running(SLOT_FARM)
+    task = registry.running(SLOT_FARM)
     if task is None:
         return False
     task.cancel()
@@ -195,25 +192,25 @@ def cancel() -> bool:
     return True
 
 
-def _show(task: farm_task.FarmTask) -> None:
-    st = jobs.state()
+def _show(task: FarmTask) -> None:
+    st = session.state()
     st.farm_status = task.state
     st.farm_stage = task.stage
     st.farm_progress = task.progress
     st.farm_message = task.message[:1000]
     st.farm_job_id = task.job_id
     st.farm_web_page = task.web_page
-    jobs.redraw()
+    session.redraw()
 
 
-def _on_finish(task: farm_task.FarmTask) -> None:
-    st = jobs.state()
+def _on_finish(task: FarmTask) -> None:
+    st = session.state()
     try:
-        if task.state == controller.DONE:
-            task.message = jobs.apply_take(task.context, task.result or {}, task.output)
-        elif task.state == controller.ERROR:
+        if task.state == DONE:
+            task.message = apply_take(task.context, task.result or {}, task.output)
+        elif task.state == ERROR:
             st.error = task.message or "the farm job failed without a message; see the Manager"
     except Exception as exc:  # a failure here must not leave the panel claiming success
-        task.state = controller.ERROR
+        task.state = ERROR
         task.message = st.error = f"could not add the farm result: {exc}"
     _show(task)

@@ -1,9 +1,9 @@
 """Submitting a job to a Flamenco Manager and watching it without blocking Blender (no bpy).
 
-A :class:`FarmTask` keeps the contract of :class:`.controller.ProcessTask` (start, `tick()` that
+A :class:`FarmTask` keeps the contract of :class:`..runs.task.ProcessTask` (start, `tick()` that
 returns True while running, cancel, shutdown; `state`, `message`, `progress`), so the registry and
 Blender's timer drive it like an engine run. The requests of each step run in a short-lived child
-process (:mod:`.farm_calls`, which says why not a thread); `tick()` on the main thread picks up its
+process (:mod:`.calls`, which says why not a thread); `tick()` on the main thread picks up its
 answer and starts the next step, one at a time, polling every `poll_interval` seconds. A Manager
 that hangs therefore stalls nothing but this task, and a step that outlives its time-outs is ended.
 """
@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import controller, farm_calls, flamenco
-from .controller import CANCELLED, DONE, ERROR, PENDING, RUNNING
+from ...engine import protocol
+from ..runs.task import CANCELLED, DONE, ERROR, PENDING, RUNNING, wait
+from . import calls, flamenco
 
-MANIFEST = "tokenflow.json"  # what the engine (engine/runner.py, engine/merge.py) writes with a result
 POLL_INTERVAL = 3.0
 LOST_AFTER = 300.0  # seconds without an answer before giving up on a submitted job
 CANCEL_REASON = "Cancelled from Blender (TokenFlow)"
@@ -61,7 +61,7 @@ class FarmTask:
     result: dict[str, Any] | None = None  # like the engine's `done` event, from the manifest
 
     def __post_init__(self) -> None:
-        self._call: farm_calls.Call | None = None
+        self._call: calls.Call | None = None
         self._next_poll = 0.0
         self._last_answer = time.monotonic()
         self._cancel_wanted = False
@@ -116,7 +116,7 @@ class FarmTask:
             self._call = self._request("cancel", self.job_id, CANCEL_REASON)
 
     def wait(self, timeout: float, interval: float = 0.05) -> bool:
-        return controller.wait(self, timeout, interval)
+        return wait(self, timeout, interval)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop watching (quitting Blender, opening another file, unregistering). The farm job is
@@ -137,7 +137,7 @@ class FarmTask:
                     return
         if self.job_id:
             what = f"Stopped watching farm job {self.job_id}; it goes on, its frames will be in {self.output}"
-        elif submitting and isinstance(call.error, farm_calls.CallError):
+        elif submitting and isinstance(call.error, calls.CallError):
             what = (
                 "Stopped while submitting: the job may have reached the Manager; look for it in the "
                 f"Manager's web interface ({self.client.url}); its frames would be in {self.output}"
@@ -147,15 +147,15 @@ class FarmTask:
         self._finish(CANCELLED, what)
 
     # -- requests (child processes: plain values only) ---------------------------------------------
-    def _request(self, phase: str, *args: Any) -> farm_calls.Call:
-        return farm_calls.Call(phase, self.client.url, self.client.timeout, *args)
+    def _request(self, phase: str, *args: Any) -> calls.Call:
+        return calls.Call(phase, self.client.url, self.client.timeout, *args)
 
     def _call_limit(self) -> float:
         """Seconds a step may take: its requests' time-outs (submit makes four), and a margin."""
         return 4 * self.client.timeout + 10.0
 
     # -- answers (main thread) ---------------------------------------------------------------------
-    def _after_submit(self, call: farm_calls.Call) -> None:
+    def _after_submit(self, call: calls.Call) -> None:
         if call.error is not None:
             if self._cancel_wanted:
                 self._finish(CANCELLED, "Cancelled: nothing was submitted")
@@ -169,7 +169,7 @@ class FarmTask:
         self._last_answer = time.monotonic()
         self._show_status(answer, None)
 
-    def _after_poll(self, call: farm_calls.Call) -> None:
+    def _after_poll(self, call: calls.Call) -> None:
         now = time.monotonic()
         self._next_poll = now + self.poll_interval
         error: BaseException | None = call.error
@@ -224,7 +224,7 @@ class FarmTask:
         else:
             self._show_status(job, tasks)
 
-    def _after_cancel(self, call: farm_calls.Call) -> None:
+    def _after_cancel(self, call: calls.Call) -> None:
         if call.error is not None:
             self._finish(
                 ERROR,
@@ -276,10 +276,10 @@ def read_result(output: str, frames: list[str]) -> dict[str, Any]:
     The merge task writes `output` atomically with its manifest; here it must be visible at the
     same path and hold these frames (compared by name: workers may mount the share elsewhere).
     """
-    path = os.path.join(output, MANIFEST)
+    path = os.path.join(output, protocol.MANIFEST)
     if not os.path.isfile(path):
         raise ResultError(
-            f"the farm job completed, but {output} holds no {MANIFEST} on this computer: the output "
+            f"the farm job completed, but {output} holds no {protocol.MANIFEST} on this computer: the output "
             "folder must be on storage that this computer and the workers see under the same path"
         )
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .controller import Step
+from .task import Step
 
 ENV_PYTHON = "TOKENFLOW_ENGINE_PYTHON"  # overrides the default when the preference is empty
 VENV_FOLDER = "engine-venv"
@@ -23,7 +23,7 @@ NOT_INSTALLED = (
 
 def extension_root() -> str:
     """The folder that holds `engine/` (the extension root): the engine's working directory."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def venv_python(venv: str) -> str:

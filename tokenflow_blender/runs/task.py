@@ -1,34 +1,29 @@
 """Running the engine (or pip) as a subprocess without ever blocking Blender: plain Python, no bpy.
 
-A :class:`ProcessTask` starts one command after another with `subprocess.Popen`; stdout and
-stderr go to files (a pipe that nobody drains can deadlock the child), and `tick()` reads what is
-new, parses protocol events and moves progress into plain attributes. Blender calls `tick()` from
-a timer on the main thread; tests call it in a loop. Cancelling is polite first (a `cancel` line
-on stdin plus SIGTERM, which the engine answers within one denoising step by removing its
-temporary output), then a kill after a timeout. Every running child is listed in a PID file, so
-that a Blender that crashed leaves nothing that the next start cannot end.
+A :class:`ProcessTask` starts one command after another (each a :class:`.process.Child`: stdout
+and stderr in files, a PID file), and `tick()` reads what is new, parses protocol events and moves
+progress into plain attributes. Blender calls `tick()` from a timer on the main thread; tests
+call it in a loop. Cancelling is polite first (a `cancel` line on stdin plus SIGTERM, which the
+engine answers within one denoising step by removing its temporary output), then a kill after a
+timeout. :func:`wait` ticks any task (this one, a warm
+job, a farm or conversion task: the :class:`Task` protocol) until it ends.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..engine import protocol
-from . import planning
+from ...engine import protocol
+from ..sequencer import planning
+from . import process
 
 PENDING, RUNNING, DONE, ERROR, CANCELLED = "PENDING", "RUNNING", "DONE", "ERROR", "CANCELLED"
 FINISHED = (DONE, ERROR, CANCELLED)
-IS_WINDOWS = sys.platform == "win32"
 
 
 @dataclass
@@ -76,17 +71,9 @@ class ProcessTask:
     lines: list[str] = field(default_factory=list)  # stdout lines that were not events (pip)
 
     def __post_init__(self) -> None:
-        os.makedirs(self.log_dir, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = os.path.join(self.log_dir, f"{self.kind}-{stamp}-{os.getpid()}-{id(self) & 0xFFFF:04x}")
-        self.stdout_path = base + ".out"
-        self.log_path = base + ".log"
+        self.stdout_path, self.log_path = process.log_paths(self.log_dir, self.kind, self)
         self._index = -1
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stdout_file: Any = None
-        self._stderr_file: Any = None
-        self._reader: Any = None
-        self._partial = b""
+        self._child = process.Child(self.stdout_path, self.log_path, self.pid_dir)
         self._cancel_at: float | None = None
         self._compute_t0: float | None = None
 
@@ -97,7 +84,12 @@ class ProcessTask:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self._child.pid
+
+    @property
+    def step_index(self) -> int:
+        """The index of the command that runs now (-1 before the first)."""
+        return self._index
 
     @property
     def cancel_requested(self) -> bool:
@@ -118,30 +110,28 @@ class ProcessTask:
             return False
         if self.prepare is not None:
             self._prepare_slice()
-            return self.running
-        self._read_stdout()
-        proc_alive = self._proc is not None and self._proc.poll() is None
-        if self._cancel_at is not None and proc_alive and time.monotonic() >= self._cancel_at:
-            self._kill()
-        if self._proc is not None and self._proc.poll() is not None:
-            self._read_stdout(final=True)
-            self._step_finished(self._proc.returncode)
+        else:
+            self._tick_child()
         return self.running
+
+    def _tick_child(self) -> None:
+        """Read the child's new output; kill it once a cancel has waited too long; notice its exit."""
+        self._read_stdout()
+        if self._cancel_at is not None and self._child.alive and time.monotonic() >= self._cancel_at:
+            self._kill()
+        code = self._child.poll()
+        if code is not None:
+            self._read_stdout(final=True)
+            self._step_finished(code)
 
     def cancel(self, timeout: float | None = None) -> None:
         """Ask the child to stop (stdin line, then SIGTERM); kill it if it is still there later."""
         if not self._cancel_requested(timeout):
             return
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
+        if not self._child.alive:
             return
-        if proc.stdin:
-            with contextlib.suppress(OSError, ValueError):
-                proc.stdin.write((protocol.CANCEL_LINE + "\n").encode())
-                proc.stdin.flush()
-        if not IS_WINDOWS:  # on Windows terminate() is a hard kill: the stdin line comes first
-            with contextlib.suppress(OSError):
-                proc.send_signal(signal.SIGTERM)
+        self._child.send(protocol.CANCEL_LINE)  # on Windows terminate() is a hard kill: this comes first
+        self._child.terminate()
 
     def _cancel_requested(self, timeout: float | None) -> bool:
         """Note the cancel and when to give up waiting for it; False if the task already ended."""
@@ -166,15 +156,7 @@ class ProcessTask:
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the child's stderr (the engine's log)."""
-        try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                size = fh.tell()
-                fh.seek(max(0, size - 16384))
-                text = fh.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return process.log_tail(self.log_path, lines)
 
     def _prepare_slice(self) -> None:
         """One slice of the in-process preparation; the first command starts when it is done."""
@@ -200,36 +182,14 @@ class ProcessTask:
         self._index += 1
         step = self.steps[self._index]
         self.stage = step.label
-        self._close_files()
-        self._partial = b""
-        self._stdout_file = open(self.stdout_path, "ab")  # noqa: SIM115 (kept open for the child)
-        self._stderr_file = open(self.log_path, "ab")  # noqa: SIM115
-        self._stderr_file.write(f"$ {' '.join(step.argv)}\n".encode())
-        self._stderr_file.flush()
-        self._reader = open(self.stdout_path, "rb")  # noqa: SIM115
-        self._reader.seek(0, os.SEEK_END)
-        kwargs: dict[str, Any] = {}
-        if IS_WINDOWS:
-            kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
         try:
-            self._proc = subprocess.Popen(
-                step.argv,
-                cwd=self.cwd,
-                env=self.env,
-                stdin=subprocess.PIPE,
-                stdout=self._stdout_file,
-                stderr=self._stderr_file,
-                **kwargs,
-            )
+            self._child.spawn(step.argv, self.cwd, self.env)
         except OSError as exc:
-            self._proc = None
             self._finish(ERROR, f"cannot start {step.argv[0]}: {exc.strerror or exc}", kind="start")
-            return
-        self._write_pid_file()
 
     def _step_finished(self, code: int) -> None:
         self.returncode = code
-        self._remove_pid_file()
+        self._child.remove_pid_file()
         last = self._index == len(self.steps) - 1
         cancelled = any(e["event"] == protocol.EVENT_CANCELLED for e in self.events)
         if self._cancel_at is not None or cancelled:
@@ -253,10 +213,8 @@ class ProcessTask:
         self.message = message
         if kind:
             self.error_kind = kind
-        self._close_files()
-        if self._proc and self._proc.stdin:
-            with contextlib.suppress(OSError):
-                self._proc.stdin.close()
+        self._child.close_reader()
+        self._child.close_stdin()
         if state == DONE:
             self.progress = 1.0
             self.eta = 0.0
@@ -273,36 +231,15 @@ class ProcessTask:
             shutil.rmtree(self.output, ignore_errors=True)  # finished as the cancel arrived
 
     def _kill(self) -> None:
-        if self._proc and self._proc.poll() is None:
-            with contextlib.suppress(OSError):
-                self._proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(5)
-
-    def _close_files(self) -> None:
-        for name in ("_stdout_file", "_stderr_file", "_reader"):
-            fh = getattr(self, name)
-            if fh is not None:
-                with contextlib.suppress(OSError):
-                    fh.close()
-                setattr(self, name, None)
+        self._child.kill()
 
     # -- output --------------------------------------------------------------------------------
     def _read_stdout(self, final: bool = False) -> None:
-        if self._reader is None:
-            return
-        data = self._reader.read()
-        if not data and not final:
-            return
-        data = self._partial + data
-        *complete, self._partial = data.split(b"\n")
-        if final and self._partial:
-            complete.append(self._partial)
-            self._partial = b""
-        for raw in complete:
-            self._on_line(raw.decode("utf-8", "replace"))
+        for line in self._child.read_lines(final):
+            self.handle_line(line)
 
-    def _on_line(self, line: str) -> None:
+    def handle_line(self, line: str) -> None:
+        """One line of the child's stdout: a protocol event, or text (pip) kept as the message."""
         event = protocol.parse_event(line)
         if event is None:
             if line.strip():
@@ -356,23 +293,6 @@ class ProcessTask:
         low, high = _COMPUTE_SPAN
         return low + (high - low) * done
 
-    # -- PID files: no orphan engines, even after a crash --------------------------------------
-    def _pid_file(self) -> str:
-        return os.path.join(self.pid_dir, f"{self._proc.pid}.pid") if self._proc else ""
-
-    def _write_pid_file(self) -> None:
-        if not self.pid_dir or self._proc is None:
-            return
-        with contextlib.suppress(OSError):
-            os.makedirs(self.pid_dir, exist_ok=True)
-            with open(self._pid_file(), "w", encoding="utf-8") as fh:
-                json.dump({"pid": self._proc.pid, "argv": self.steps[self._index].argv}, fh)
-
-    def _remove_pid_file(self) -> None:
-        if self.pid_dir and self._proc is not None:
-            with contextlib.suppress(OSError):
-                os.remove(self._pid_file())
-
 
 # Where the stages of an engine run fall on one progress bar. The UNet stages (inversion and
 # denoising) share one span, filled from the engine's time-left estimate.
@@ -393,7 +313,7 @@ def _stage_fraction(stage: str, fraction: float) -> float:
     return low + (high - low) * max(0.0, min(1.0, fraction))
 
 
-# --- the tasks that are running, by slot ("edit", "install", "check", "farm") -----------------
+# --- any task -------------------------------------------------------------------------------------
 def wait(task: Task, timeout: float, interval: float = 0.05) -> bool:
     """Tick `task` until it ends or `timeout` passes (blocking: tests, quitting). True if it ended."""
     end = time.monotonic() + timeout
@@ -405,7 +325,8 @@ def wait(task: Task, timeout: float, interval: float = 0.05) -> bool:
 
 
 class Task(Protocol):
-    """What the registry and the timer need of a task: a ProcessTask or a farm_task.FarmTask."""
+    """What the registry and the timer need of a task: a ProcessTask, a farm.task.FarmTask or a
+    sequencer.convert.ConvertTask."""
 
     state: str
     message: str
@@ -420,99 +341,3 @@ class Task(Protocol):
     def cancel(self, timeout: float | None = None) -> None: ...
 
     def shutdown(self, timeout: float = 5.0) -> None: ...
-
-
-_TASKS: dict[str, Task] = {}
-
-
-def get(slot: str) -> Task | None:
-    """The task in a slot (running or the last finished one)."""
-    return _TASKS.get(slot)
-
-
-def running(slot: str) -> Task | None:
-    task = _TASKS.get(slot)
-    return task if task is not None and task.running else None
-
-
-def put(slot: str, task: Task) -> Task:
-    if running(slot):
-        raise RuntimeError(f"a {slot} task is already running")
-    _TASKS[slot] = task
-    return task
-
-
-def tick_all() -> bool:
-    """Tick every running task; True while any still runs."""
-    alive = False
-    for task in list(_TASKS.values()):
-        if task.running:
-            alive = task.tick() or alive
-    return alive
-
-
-def shutdown_all(timeout: float = 5.0, quiet: bool = True) -> None:
-    """End every running child (unregister, quit): the engine must not outlive Blender.
-
-    `quiet` drops the callbacks first: while quitting or unregistering nothing may touch bpy.
-    Engine runs are asked to stop all at once, then waited for; a farm task only stops watching
-    (its `shutdown`): the farm job is not Blender's to end.
-    """
-    tasks = [t for t in _TASKS.values() if t.running]
-    for task in tasks:
-        if quiet:
-            task.on_event = task.on_finish = None
-        if isinstance(task, ProcessTask):
-            task.cancel(timeout=timeout)
-    for task in tasks:
-        task.shutdown(timeout)
-
-
-def forget_all() -> None:
-    shutdown_all()
-    _TASKS.clear()
-
-
-def reap_stale(pid_dir: str) -> list[int]:
-    """End engines that a crashed Blender left behind (listed in PID files); return their PIDs.
-
-    A PID is only signalled when the process is still one of ours: on Linux its command line must
-    still be the recorded one; elsewhere the file is just removed (PIDs get reused).
-    """
-    ended: list[int] = []
-    try:
-        names = [n for n in os.listdir(pid_dir) if n.endswith(".pid")]
-    except OSError:
-        return ended
-    for name in names:
-        path = os.path.join(pid_dir, name)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                record = json.load(fh)
-            pid = int(record["pid"])
-            argv = [str(a) for a in record["argv"]]
-        except (OSError, ValueError, KeyError, TypeError):
-            with contextlib.suppress(OSError):
-                os.remove(path)
-            continue
-        if pid != os.getpid() and _is_same_process(pid, argv):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
-                ended.append(pid)
-        with contextlib.suppress(OSError):
-            os.remove(path)
-    return ended
-
-
-def _is_same_process(pid: int, argv: Sequence[str]) -> bool:
-    cmdline: list[str] = []
-    for _ in range(20):  # a process that has only just exec'd shows an empty command line briefly
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                cmdline = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
-        except OSError:
-            return False
-        if cmdline:
-            break
-        time.sleep(0.01)
-    return len(argv) > 1 and cmdline[1:] == list(argv[1:])

@@ -2,30 +2,27 @@
 
 A one-shot engine run imports torch and loads the model before its first UNet call; for a prompt
 tweak that fixed cost is most of the wait. A :class:`WarmEngine` is one long-lived engine process:
-job lines go to its stdin, its stdout goes to a file read incrementally (as
-:class:`controller.ProcessTask` does), and each job is a :class:`WarmJob`, a ProcessTask with the
+job lines go to its stdin, its stdout goes to a file read incrementally (a :class:`.process.Child`,
+as for :class:`.task.ProcessTask`), and each job is a :class:`WarmJob`, a ProcessTask with the
 same public surface, so the panel's progress and result code serves both.
 
 Lifetime: one engine per Blender session (the model switch happens inside the engine). It exits
 on "Unload Model" (an `unload` line), when Blender quits (atexit: stdin closed, then a kill),
 when the extension is disabled, after its idle timeout (the engine's own clock), and when
 Blender crashes (the engine reads the end of its stdin pipe). Its PID file lets the next start
-reap an engine that survived anyway. Cancel stops the job, not the process; an engine that does
-not answer a cancel in time is killed. A crash ends the job it was running as an error (reported
-once, with the log's last line) and the next job starts a fresh engine.
+reap an engine that survived anyway (:func:`.process.reap_stale`). Cancel stops the job, not the
+process; an engine that does not answer a cancel in time is killed. A crash ends the job it was
+running as an error (reported once, with the log's last line) and the next job starts a fresh engine.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import subprocess
 import time
 from typing import Any
 
-from ..engine import protocol
-from . import controller
+from ...engine import protocol
+from . import process
+from .task import CANCELLED, DONE, ERROR, ProcessTask
 
 CRASH = "crash"  # the error kind of a job whose engine died under it
 _TERMINAL = (protocol.EVENT_DONE, protocol.EVENT_ERROR, protocol.EVENT_CANCELLED)
@@ -41,54 +38,28 @@ class WarmEngine:
         self.cwd = cwd
         self.env = env
         self.pid_dir = pid_dir
-        os.makedirs(log_dir, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = os.path.join(log_dir, f"engine-{stamp}-{os.getpid()}-{id(self) & 0xFFFF:04x}")
-        self.stdout_path = base + ".out"
-        self.log_path = base + ".log"
+        self.stdout_path, self.log_path = process.log_paths(log_dir, "engine", self)
         self.job: WarmJob | None = None
         self.ready: dict[str, Any] | None = None  # the last `ready` event
         self.returncode: int | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._reader: Any = None
-        self._partial = b""
+        self._child = process.Child(self.stdout_path, self.log_path, pid_dir)
 
     # -- the process -----------------------------------------------------------------------------
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self._child.pid
 
     @property
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._child.alive
 
     def start(self) -> None:
         """Start the process (raises OSError when the interpreter cannot start)."""
-        with open(self.stdout_path, "ab") as out, open(self.log_path, "ab") as err:
-            err.write(f"$ {' '.join(self.argv)}\n".encode())
-            err.flush()
-            kwargs: dict[str, Any] = {}
-            if controller.IS_WINDOWS:
-                kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
-            # The child keeps its own copies of the file descriptors; ours close here.
-            self._proc = subprocess.Popen(
-                self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.PIPE, stdout=out, stderr=err, **kwargs
-            )
-        self._reader = open(self.stdout_path, "rb")  # noqa: SIM115 (read on every tick)
-        self._reader.seek(0, os.SEEK_END)
-        self._write_pid_file()
+        self._child.spawn(self.argv, self.cwd, self.env)
 
     def send(self, line: str) -> bool:
         """Write one line to the engine's stdin; False if the engine is not there to read it."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None or proc.stdin is None:
-            return False
-        try:
-            proc.stdin.write((line + "\n").encode())
-            proc.stdin.flush()
-        except (OSError, ValueError):
-            return False
-        return True
+        return self._child.send(line)
 
     def submit(self, job: WarmJob, line: str) -> None:
         """Give the engine a job; an engine that is gone is replaced by a fresh one first."""
@@ -100,9 +71,7 @@ class WarmEngine:
 
     def close_stdin(self) -> None:
         """The end of stdin: the engine cancels a running job and exits (as when Blender dies)."""
-        if self._proc is not None and self._proc.stdin is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self._proc.stdin.close()
+        self._child.close_stdin()
 
     def unload(self) -> None:
         """Ask the engine to exit, freeing the model's memory (it cancels a running job first)."""
@@ -110,15 +79,11 @@ class WarmEngine:
         self.close_stdin()
 
     def kill(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            with contextlib.suppress(OSError):
-                self._proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(5)
+        self._child.kill()
 
     def shutdown(self, timeout: float = 3.0) -> None:
         """End the engine now: end of stdin (it cancels and cleans), a short wait, then a kill."""
-        if self._proc is None:
+        if self._child.proc is None:
             return
         self.close_stdin()
         end = time.monotonic() + timeout
@@ -131,24 +96,18 @@ class WarmEngine:
     # -- output ------------------------------------------------------------------------------------
     def tick(self) -> bool:
         """Read new events, hand them to the job, notice an exit. True while the process lives."""
-        if self._proc is None:
+        if self._child.proc is None:
             return False
         self._read()
-        if self._proc.poll() is not None and self.returncode is None:
+        code = self._child.poll()
+        if code is not None and self.returncode is None:
             self._read(final=True)
-            self._exited(self._proc.returncode)
+            self._exited(code)
         return self.alive
 
     def _read(self, final: bool = False) -> None:
-        if self._reader is None:
-            return
-        data = self._partial + self._reader.read()
-        *complete, self._partial = data.split(b"\n")
-        if final and self._partial:
-            complete.append(self._partial)
-            self._partial = b""
-        for raw in complete:
-            self._on_line(raw.decode("utf-8", "replace"))
+        for line in self._child.read_lines(final):
+            self._on_line(line)
 
     def _on_line(self, line: str) -> None:
         event = protocol.parse_event(line)
@@ -161,49 +120,22 @@ class WarmEngine:
                 job.finished_by_engine()
             return
         if self.job is not None:
-            self.job._on_line(line)
+            self.job.handle_line(line)
 
     def _exited(self, code: int) -> None:
         self.returncode = code
-        self._remove_pid_file()
-        if self._reader is not None:
-            with contextlib.suppress(OSError):
-                self._reader.close()
-            self._reader = None
+        self._child.remove_pid_file()
+        self._child.close_reader()
         self.close_stdin()
         job, self.job = self.job, None
         if job is not None:
             job.engine_died(code)
 
-    # -- PID file: a crashed Blender's engine is reaped at the next start (controller.reap_stale) --
-    def _pid_file(self) -> str:
-        return os.path.join(self.pid_dir, f"{self.pid}.pid")
-
-    def _write_pid_file(self) -> None:
-        if not self.pid_dir or self._proc is None:
-            return
-        with contextlib.suppress(OSError):
-            os.makedirs(self.pid_dir, exist_ok=True)
-            with open(self._pid_file(), "w", encoding="utf-8") as fh:
-                json.dump({"pid": self._proc.pid, "argv": self.argv}, fh)
-
-    def _remove_pid_file(self) -> None:
-        if self.pid_dir and self._proc is not None:
-            with contextlib.suppress(OSError):
-                os.remove(self._pid_file())
-
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, fh.tell() - 16384))
-                text = fh.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return self._child.log_tail(lines)
 
 
-class WarmJob(controller.ProcessTask):
+class WarmJob(ProcessTask):
     """One job on a :class:`WarmEngine`, with a ProcessTask's public surface (progress, cancel...)."""
 
     def __init__(self, engine: WarmEngine, line: str, **kwargs: Any) -> None:
@@ -229,21 +161,14 @@ class WarmJob(controller.ProcessTask):
         try:
             self.engine.submit(self, self.line)
         except OSError as exc:
-            self._finish(
-                controller.ERROR, f"cannot start {self.engine.argv[0]}: {exc.strerror or exc}", kind="start"
-            )
+            self._finish(ERROR, f"cannot start {self.engine.argv[0]}: {exc.strerror or exc}", kind="start")
 
-    def tick(self) -> bool:
-        if not self.running:
-            return False
-        if self.prepare is not None:
-            self._prepare_slice()
-            return self.running
+    def _tick_child(self) -> None:
+        """The engine's new events come to this job through the engine's own tick."""
         self.engine.tick()
         if self.running and self._cancel_at is not None and time.monotonic() >= self._cancel_at:
             self.engine.kill()  # it did not answer the cancel in time: the next job starts afresh
             self.engine.tick()
-        return self.running
 
     def cancel(self, timeout: float | None = None) -> None:
         """Ask the engine to stop this job (a `cancel` line); it stays loaded for the next one."""
@@ -269,23 +194,23 @@ class WarmJob(controller.ProcessTask):
         self.returncode = 0
         kinds = {e["event"] for e in self.events}
         if protocol.EVENT_CANCELLED in kinds or self._cancel_at is not None:
-            self._finish(controller.CANCELLED, "Cancelled")
+            self._finish(CANCELLED, "Cancelled")
         elif self.error_kind:
-            self._finish(controller.ERROR, self.message, kind=self.error_kind)
+            self._finish(ERROR, self.message, kind=self.error_kind)
         elif self.result is not None:
-            self._finish(controller.DONE, self.message or "Done")
+            self._finish(DONE, self.message or "Done")
         else:
-            self._finish(controller.ERROR, "the engine ended the job without a result", kind="internal")
+            self._finish(ERROR, "the engine ended the job without a result", kind="internal")
 
     def engine_died(self, code: int) -> None:
         """The engine exited under this job: a cancel that had to kill it, or a crash."""
         self.returncode = code
         if self._cancel_at is not None:
-            self._finish(controller.CANCELLED, "Cancelled")
+            self._finish(CANCELLED, "Cancelled")
             return
         tail = self.engine.log_tail(8).splitlines()
         self._finish(
-            controller.ERROR,
+            ERROR,
             f"the engine stopped unexpectedly (exit code {code})"
             + (f": {tail[-1]}" if tail else "")
             + "; the next job starts a fresh engine",

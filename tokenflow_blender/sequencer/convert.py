@@ -20,10 +20,10 @@ from typing import Any
 
 import bpy
 
-from . import colour, compat, controller, imageinfo, jobs, planning, strip_render, strips
-
-RUNNING, DONE, ERROR, CANCELLED = controller.RUNNING, controller.DONE, controller.ERROR, controller.CANCELLED
-
+from .. import compat, session
+from ..runs import registry
+from ..runs.task import CANCELLED, DONE, ERROR, RUNNING, wait
+from . import colour, imageinfo, planning, strip_render, strips
 
 MOVIE_TYPES = ("MOVIE", "MOVIECLIP")
 
@@ -206,7 +206,7 @@ class ConvertTask:
         self.cancel()
 
     def wait(self, timeout: float, interval: float = 0.0) -> bool:
-        return controller.wait(self, timeout, interval)
+        return wait(self, timeout, interval)
 
     def log_tail(self, lines: int = 20) -> str:
         return self.message
@@ -235,27 +235,27 @@ class ConvertTask:
 
 def start(context: Any) -> ConvertTask:
     """Check the active strip and start converting it; raise ConvertError before anything is written."""
-    if controller.running(jobs.SLOT_CONVERT):
+    if registry.running(session.SLOT_CONVERT):
         raise ConvertError("a conversion is already running; cancel it or wait for it to finish")
     scene = compat.scene_of(context)
     if scene is None:
         raise ConvertError("no scene: open a scene in the Sequencer")
-    parent = jobs.output_parent(scene)
+    parent = session.output_parent(scene)
     task = ConvertTask(scene, compat.active_strip(context, scene), parent)
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as exc:
         raise ConvertError(f"cannot create the Output folder {parent}: {exc.strerror or exc}") from exc
-    task.on_event = lambda t, _event: jobs.redraw()
-    task.on_finish = lambda t: jobs.redraw()
-    controller.put(jobs.SLOT_CONVERT, task)
+    task.on_event = lambda t, _event: session.redraw()
+    task.on_finish = lambda t: session.redraw()
+    registry.put(session.SLOT_CONVERT, task)
     task.start()
-    jobs.ensure_timer()
+    session.ensure_timer()
     return task
 
 
 def cancel() -> bool:
-    task = controller.running(jobs.SLOT_CONVERT)
+    task = registry.running(session.SLOT_CONVERT)
     if task is None:
         return False
     task.cancel()

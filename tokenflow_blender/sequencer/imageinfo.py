@@ -13,7 +13,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# What the engine decodes (engine/frames.py SUPPORTED, plus OpenEXR through the colour path);
+# What the engine decodes (engine/run/preflight.py SUPPORTED, plus OpenEXR through the colour path);
 # the engine checks again on arrival.
 SUPPORTED = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr")
 FLOAT_FORMATS = (".hdr", ".dpx", ".cin")  # float / log files the engine does not read

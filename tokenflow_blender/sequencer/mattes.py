@@ -19,7 +19,8 @@ from typing import Any
 
 import bpy
 
-from . import compat, imageinfo, strip_render, strips
+from .. import compat
+from . import imageinfo, strip_render, strips
 
 RENDERED = ("MASK", "MOVIE", "MOVIECLIP")  # strips Blender renders to matte frames
 CHANNEL_ALPHA = "alpha"

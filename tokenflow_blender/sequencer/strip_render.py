@@ -22,7 +22,7 @@ from typing import Any
 
 import bpy
 
-from . import compat
+from .. import compat
 
 
 class RenderError(RuntimeError):

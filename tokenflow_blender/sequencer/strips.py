@@ -15,7 +15,8 @@ from typing import Any
 
 import bpy
 
-from . import colour, compat, imageinfo, planning
+from .. import compat
+from . import colour, imageinfo, planning
 
 MARKER_PREFIX = "TF key"
 

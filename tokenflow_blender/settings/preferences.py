@@ -8,10 +8,11 @@ import os
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 
-from ..engine import protocol
-from . import engine_env, flamenco
+from ...engine import protocol
+from ..farm import flamenco
+from ..runs import engine_env
 
-ADDON_ID = __package__.rpartition(".")[0]  # the extension's module, e.g. bl_ext.user_default.tokenflow
+ADDON_ID = __package__.rsplit(".", 2)[0]  # the extension's module, e.g. bl_ext.user_default.tokenflow
 
 
 def user_path(sub: str) -> str:

@@ -3,6 +3,8 @@ saved (`window_manager.tokenflow_job`)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import bpy
 from bpy.props import (
     BoolProperty,
@@ -13,14 +15,37 @@ from bpy.props import (
     StringProperty,
 )
 
-from ..engine import protocol
-from . import results
+from ...engine import protocol
+from ..edit import results
 
 DEFAULTS = protocol.Job(frames=["-"], output="-", prompt="-")
 # Blender 4.5 flags path properties that accept '//' (and warns about the others); 4.2 has no such
 # flag. Asked of the API (a property can tell whether it has the flag) rather than of the version.
 SUPPORTS_BLEND_RELATIVE = "is_path_supports_blend_relative" in bpy.types.Property.bl_rna.properties
 BLEND_RELATIVE = {"PATH_SUPPORTS_BLEND_RELATIVE"} if SUPPORTS_BLEND_RELATIVE else set()
+
+
+INT_MAX = 2**31 - 1  # Blender's integer properties are 32-bit
+
+
+def field(name: str, **ui: Any) -> dict[str, Any]:
+    """A job field's description, default and limits from `protocol.FIELDS` (the same table the
+    engine validates with and its command line shows), plus what only Blender needs (`ui`: soft
+    limits, subtype, enum items, and a `note` appended to the description)."""
+    spec = protocol.FIELDS[name]
+    note = ui.pop("note", "")
+    out: dict[str, Any] = {
+        "description": spec.help[0].upper() + spec.help[1:] + (f". {note}" if note else ""),
+        "default": getattr(DEFAULTS, name),
+    }
+    if spec.kind in ("int", "number"):
+        low = spec.low + (spec.high - spec.low) / 100 if spec.low_open else spec.low  # (low, high]
+        if spec.kind == "int":
+            out["min"], out["max"] = int(low), min(int(spec.high), INT_MAX)
+        else:
+            out["min"], out["max"] = float(low), float(spec.high)
+    out.update(ui)
+    return out
 
 
 class TokenFlowSettings(bpy.types.PropertyGroup):
@@ -31,78 +56,26 @@ class TokenFlowSettings(bpy.types.PropertyGroup):
         description="What the edited shot should look like, e.g. 'a watercolor painting of a city street'",
         default="",
     )
-    negative_prompt: StringProperty(
-        name="Negative",
-        description="What the edit should avoid (classifier-free guidance's negative prompt)",
-        default=protocol.DEFAULT_NEGATIVE,
-    )
-    source_prompt: StringProperty(
-        name="Source",
-        description="A short description of the source shot, used for the DDIM inversion (may be empty)",
-        default="",
-    )
+    negative_prompt: StringProperty(name="Negative", **field("negative_prompt"))
+    source_prompt: StringProperty(name="Source", **field("source_prompt"))
     model: StringProperty(
         name="Model",
-        description="Hub id, diffusers folder or .safetensors file for this scene; empty uses the "
-        "default model from the extension's preferences",
-        default="",
+        **field("model", default="", note="Empty uses the default model from the extension's preferences"),
     )
-    steps: IntProperty(
-        name="Steps",
-        description="DDIM steps for inversion and edit; the inversion is cached per frame for these steps",
-        default=DEFAULTS.steps,
-        min=1,
-        soft_max=200,
-        max=1000,
-    )
-    guidance: FloatProperty(
-        name="Guidance",
-        description="Classifier-free guidance scale: higher follows the prompt more closely",
-        default=DEFAULTS.guidance,
-        min=0.0,
-        max=50.0,
-        soft_max=20.0,
-    )
-    pnp_f_t: FloatProperty(
-        name="Feature Injection",
-        description="Fraction of the first steps that take the source's residual features (structure)",
-        default=DEFAULTS.pnp_f_t,
-        min=0.0,
-        max=1.0,
-        subtype="FACTOR",
-    )
-    pnp_attn_t: FloatProperty(
-        name="Attention Injection",
-        description="Fraction of the first steps that take the source's self-attention queries and keys",
-        default=DEFAULTS.pnp_attn_t,
-        min=0.0,
-        max=1.0,
-        subtype="FACTOR",
-    )
+    steps: IntProperty(name="Steps", **field("steps", soft_max=200))
+    guidance: FloatProperty(name="Guidance", **field("guidance", soft_max=20.0))
+    pnp_f_t: FloatProperty(name="Feature Injection", **field("pnp_f_t", subtype="FACTOR"))
+    pnp_attn_t: FloatProperty(name="Attention Injection", **field("pnp_attn_t", subtype="FACTOR"))
     edit_mode: EnumProperty(
         name="Edit Mode",
         items=(
             ("pnp", "Plug-and-Play", "Inject the source's features: keeps structure and motion"),
             ("sdedit", "SDEdit", "Start part-way from the inverted noise"),
         ),
-        default=DEFAULTS.edit_mode,
+        **field("edit_mode"),
     )
-    sdedit_strength: FloatProperty(
-        name="SDEdit Strength",
-        description="SDEdit only: the fraction of the schedule that is re-denoised",
-        default=DEFAULTS.sdedit_strength,
-        min=0.01,
-        max=1.0,
-        subtype="FACTOR",
-    )
-    keyframe_stride: IntProperty(
-        name="Keyframe Stride",
-        description="One keyframe per this many frames",
-        default=DEFAULTS.keyframe_stride,
-        min=1,
-        soft_max=32,
-        max=1000,
-    )
+    sdedit_strength: FloatProperty(name="SDEdit Strength", **field("sdedit_strength", subtype="FACTOR"))
+    keyframe_stride: IntProperty(name="Keyframe Stride", **field("keyframe_stride", soft_max=32))
     keyframe_mode: EnumProperty(
         name="Keyframes",
         items=(
@@ -113,30 +86,14 @@ class TokenFlowSettings(bpy.types.PropertyGroup):
             ),
             ("resample", "Resample", "One random keyframe per block, re-drawn every step (the paper's)"),
         ),
-        default=DEFAULTS.keyframe_mode,
+        **field("keyframe_mode"),
     )
-    seed: IntProperty(name="Seed", default=DEFAULTS.seed, min=0)
-    size: IntProperty(
-        name="Working Size",
-        description="Long side of the size the model works at, a multiple of 64; results come back at "
-        "the source size",
-        default=DEFAULTS.size,
-        min=64,
-        max=4096,
-        step=64,
-    )
-    chunk_size: IntProperty(
-        name="Chunk Size",
-        description="Frames per UNet call: lower it when the GPU runs out of memory",
-        default=DEFAULTS.chunk_size,
-        min=1,
-        max=256,
-    )
+    seed: IntProperty(name="Seed", **field("seed"))
+    size: IntProperty(name="Working Size", **field("size", step=64))
+    chunk_size: IntProperty(name="Chunk Size", **field("chunk_size"))
     evaluate: BoolProperty(
         name="Measure Consistency",
-        description="After Propagate, measure flicker against the source (optical-flow warp error, "
-        "structure) and show it in the panel; adds a few seconds",
-        default=True,
+        **field("evaluate", default=True, note="After Propagate, shown in the panel; adds a few seconds"),
     )
     farm_chunk_size: IntProperty(
         name="Frames per Worker",
@@ -169,22 +126,10 @@ class TokenFlowSettings(bpy.types.PropertyGroup):
             ("alpha", "Alpha", "The matte's alpha channel"),
             ("luminance", "Luminance", "The matte's luminance (white edits, black keeps the source)"),
         ),
-        default=DEFAULTS.matte_channel,
+        **field("matte_channel"),
     )
-    matte_invert: BoolProperty(
-        name="Invert Matte",
-        description="Edit where the matte is black instead of where it is white",
-        default=DEFAULTS.matte_invert,
-    )
-    matte_feather: FloatProperty(
-        name="Feather",
-        description="Soften the matte's edge by this many pixels (at the source size)",
-        default=DEFAULTS.matte_feather,
-        min=0.0,
-        max=1000.0,
-        soft_max=100.0,
-        subtype="PIXEL",
-    )
+    matte_invert: BoolProperty(name="Invert Matte", **field("matte_invert"))
+    matte_feather: FloatProperty(name="Feather", **field("matte_feather", soft_max=100.0, subtype="PIXEL"))
 
 
 def _last_result(_state: bpy.types.PropertyGroup) -> str:
@@ -194,7 +139,7 @@ def _last_result(_state: bpy.types.PropertyGroup) -> str:
 
 
 class TokenFlowJobState(bpy.types.PropertyGroup):
-    """What the panel shows about the current (or last) job; filled from the job controller."""
+    """What the panel shows about the current (or last) job; filled from its task (session.show_progress)."""
 
     status: StringProperty(default="IDLE")  # IDLE RUNNING DONE ERROR CANCELLED
     kind: StringProperty(default="")  # preview | propagate | check | install

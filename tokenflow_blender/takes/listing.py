@@ -1,7 +1,8 @@
-"""Takes in Blender: the list (`scene.tokenflow_takes`), its refresh from the Output folder, and the
-operators Preview Variations, Restore Settings, Show Only This Take, Propagate This Take, Delete Take.
+"""Takes in Blender: the list (`scene.tokenflow_takes`), its refresh from the Output folder, what
+can be done with a take (restore, solo, delete), and the cost estimate the panel shows. The
+operators (:mod:`.operators`) are thin over these functions.
 
-The truth is on disk (:mod:`.takes` reads the manifests); the collection is a view for the UIList,
+The truth is on disk (:mod:`.manifest` reads the manifests); the collection is a view for the UIList,
 rebuilt after every result, on file load and by Refresh. Scripts use the same functions.
 """
 
@@ -13,7 +14,6 @@ from typing import Any
 
 import bpy
 from bpy.props import (
-    BoolProperty,
     CollectionProperty,
     EnumProperty,
     FloatProperty,
@@ -22,10 +22,14 @@ from bpy.props import (
     StringProperty,
 )
 
-from ..engine import protocol
-from . import compat, controller, jobs, preferences, takes
+from ...engine import protocol
+from .. import compat
+from ..edit.job import model_path
+from ..session import UserError, output_parent
+from ..settings import preferences
+from . import manifest
 
-_cache: dict[str, tuple[list[takes.Take], list[str]]] = {}  # output folder -> scan (a cache of files)
+_cache: dict[str, tuple[list[manifest.Take], list[str]]] = {}  # output folder -> scan (a cache of files)
 
 
 class TokenFlowTakeItem(bpy.types.PropertyGroup):
@@ -61,15 +65,15 @@ class TokenFlowTakes(bpy.types.PropertyGroup):
 
 
 # --- plain helpers over the scene ------------------------------------------------------------------
-def scanned(scene: Any, fresh: bool = False) -> tuple[list[takes.Take], list[str]]:
+def scanned(scene: Any, fresh: bool = False) -> tuple[list[manifest.Take], list[str]]:
     """The takes in the scene's Output folder (newest first) and notes on damaged ones."""
-    parent = jobs.output_parent(scene)
+    parent = output_parent(scene)
     if fresh or parent not in _cache:
-        _cache[parent] = takes.scan(parent)
+        _cache[parent] = manifest.scan(parent)
     return _cache[parent]
 
 
-def refresh(scene: Any, select: str = "") -> list[takes.Take]:
+def refresh(scene: Any, select: str = "") -> list[manifest.Take]:
     """Rebuild `scene.tokenflow_takes` from the manifests; keep (or move to `select`) the selection."""
     found, notes = scanned(scene, fresh=True)
     pg = scene.tokenflow_takes
@@ -85,7 +89,7 @@ def refresh(scene: Any, select: str = "") -> list[takes.Take]:
     return found
 
 
-def selected(scene: Any) -> takes.Take | None:
+def selected(scene: Any) -> manifest.Take | None:
     pg = scene.tokenflow_takes
     if not 0 <= pg.index < len(pg.takes):
         return None
@@ -123,43 +127,43 @@ def source_name(context: Any, scene: Any) -> str:
     return strip.name
 
 
-def restore(scene: Any, take: takes.Take) -> None:
+def restore(scene: Any, take: manifest.Take) -> None:
     """Put the take's settings into the panel's fields."""
     settings = scene.tokenflow
     for name, value in take.settings().items():
         setattr(settings, name, value)
 
 
-def solo(scene: Any, take: takes.Take) -> int:
+def solo(scene: Any, take: manifest.Take) -> int:
     """Mute the strips of the other takes of this take's source; show this one and the source."""
-    same = takes.of_source(scanned(scene)[0], take.source, scene.name)
+    same = manifest.of_source(scanned(scene)[0], take.source, scene.name)
     muted = 0
     for other in same:
         for strip in strips_of_take(scene, other.folder):
             strip.mute = other.folder != take.folder
             muted += strip.mute
-    source = _source_strip(scene, take)
+    source = source_strip(scene, take)
     if source is not None:
         source.mute = False
     return muted
 
 
-def _source_strip(scene: Any, take: takes.Take) -> Any:
+def source_strip(scene: Any, take: manifest.Take) -> Any:
     ed = scene.sequence_editor
     return compat.strips_all(ed).get(take.source) if ed is not None and take.source else None
 
 
-def delete(scene: Any, take: takes.Take) -> None:
+def delete(scene: Any, take: manifest.Take) -> None:
     """Remove the take's strips and its folder (only a folder that is a take: it has a manifest)."""
-    if not os.path.isfile(os.path.join(take.folder, takes.MANIFEST)):
-        raise jobs.UserError(f"{take.folder} is not a TokenFlow take (no {takes.MANIFEST}); nothing deleted")
+    if not os.path.isfile(os.path.join(take.folder, protocol.MANIFEST)):
+        raise UserError(f"{take.folder} is not a TokenFlow take (no {protocol.MANIFEST}); nothing deleted")
     for strip in strips_of_take(scene, take.folder):
         compat.strips(scene.sequence_editor).remove(strip)
     shutil.rmtree(take.folder)
 
 
 def on_result(scene_name: str, folders: list[str]) -> None:
-    """After a result was added (jobs' hook): list it, selected."""
+    """After a result was added (edit.apply's hook): list it, selected."""
     scene = bpy.data.scenes.get(scene_name)
     if scene is not None:
         refresh(scene, select=os.path.abspath(folders[0]) if folders else "")
@@ -177,167 +181,9 @@ def _on_load_post(*_args: Any) -> None:
                 scene.tokenflow_takes.notes = "could not read the takes; press Refresh"
 
 
-# --- operators -----------------------------------------------------------------------------------
-def _fail(op: bpy.types.Operator, message: str) -> set[str]:
-    jobs.state().error = message
-    op.report({"ERROR"}, message)
-    return {"CANCELLED"}
-
-
-class _SceneOperator:
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return compat.scene_of(context) is not None
-
-
-class SEQUENCER_OT_tokenflow_preview_variations(_SceneOperator, bpy.types.Operator):
-    """Preview several variations of the current settings in one engine run (one model load, one
-    inversion): one per line of the prompts text, or several seeds; each comes back as a preview take"""
-
-    bl_idname = "sequencer.tokenflow_preview_variations"
-    bl_label = "Preview Variations"
-    bl_options = {"REGISTER"}
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        scene = compat.scene_of(context)
-        pg = scene.tokenflow_takes
-        text = pg.variation_text
-        lines = [line.body for line in text.lines] if text is not None else []
-        specs = takes.variation_specs(pg.variation_source, pg.variation_count, scene.tokenflow.seed, lines)
-        if len(specs) < 2:
-            return _fail(self, "Preview Variations needs two prompts or more, one a line of the Prompts text")
-        try:
-            task = jobs.start_edit(context, protocol.STAGE_PREVIEW, variations=specs)
-        except jobs.UserError as exc:
-            return _fail(self, str(exc))
-        if task.state == controller.ERROR:
-            return _fail(self, task.message)
-        self.report({"INFO"}, f"TokenFlow: {len(specs)} variations started")
-        return {"FINISHED"}
-
-
-class SEQUENCER_OT_tokenflow_refresh_takes(_SceneOperator, bpy.types.Operator):
-    """Read the takes again from the manifests in the Output folder"""
-
-    bl_idname = "sequencer.tokenflow_refresh_takes"
-    bl_label = "Refresh Takes"
-    bl_options = {"REGISTER"}
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        found = refresh(compat.scene_of(context))
-        self.report({"INFO"}, f"{len(found)} takes")
-        return {"FINISHED"}
-
-
-class _TakeOperator(_SceneOperator):
-    def take(self, context: Any) -> takes.Take | None:
-        take = selected(compat.scene_of(context))
-        if take is None:
-            _fail(self, "no take selected (or its folder is gone): select one in the list, or Refresh")
-        return take
-
-
-class SEQUENCER_OT_tokenflow_restore_take(_TakeOperator, bpy.types.Operator):
-    """Set the panel's fields to the selected take's prompts, seed, model and settings"""
-
-    bl_idname = "sequencer.tokenflow_restore_take"
-    bl_label = "Restore Settings"
-    bl_options = {"REGISTER", "UNDO"}
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        take = self.take(context)
-        if take is None:
-            return {"CANCELLED"}
-        restore(compat.scene_of(context), take)
-        self.report({"INFO"}, f"Settings of take '{take.id}' restored")
-        return {"FINISHED"}
-
-
-class SEQUENCER_OT_tokenflow_solo_take(_TakeOperator, bpy.types.Operator):
-    """Mute the other takes' strips of this source; this take and the source stay visible"""
-
-    bl_idname = "sequencer.tokenflow_solo_take"
-    bl_label = "Show Only This Take"
-    bl_options = {"REGISTER", "UNDO"}
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        take = self.take(context)
-        if take is None:
-            return {"CANCELLED"}
-        muted = solo(compat.scene_of(context), take)
-        self.report({"INFO"}, f"Showing '{take.id}'; {muted} other take strip(s) muted")
-        return {"FINISHED"}
-
-
-class SEQUENCER_OT_tokenflow_propagate_take(_TakeOperator, bpy.types.Operator):
-    """Propagate the selected preview take to the whole shot: its settings, on its source strip"""
-
-    bl_idname = "sequencer.tokenflow_propagate_take"
-    bl_label = "Propagate This Take"
-    bl_options = {"REGISTER"}
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        take = self.take(context)
-        if take is None:
-            return {"CANCELLED"}
-        if take.kind != takes.PREVIEW:
-            return _fail(self, f"'{take.id}' is already a propagated shot; select a preview take")
-        scene = compat.scene_of(context)
-        source = _source_strip(scene, take)
-        if source is None:
-            return _fail(self, f"the take's source strip '{take.source}' is not in this scene")
-        restore(scene, take)
-        scene.sequence_editor.active_strip = source
-        try:
-            task = jobs.start_edit(context, protocol.STAGE_PROPAGATE)
-        except jobs.UserError as exc:
-            return _fail(self, str(exc))
-        if task.state == controller.ERROR:
-            return _fail(self, task.message)
-        self.report({"INFO"}, f"Propagating take '{take.id}'")
-        return {"FINISHED"}
-
-
-class SEQUENCER_OT_tokenflow_delete_take(_TakeOperator, bpy.types.Operator):
-    """Remove the selected take's strip and delete its folder from disk, after a confirmation"""
-
-    bl_idname = "sequencer.tokenflow_delete_take"
-    bl_label = "Delete Take"
-    bl_options = {"REGISTER", "UNDO"}
-
-    # Set by invoke() before the confirmation dialog, whose OK then runs execute(); a script (or
-    # INVOKE_DEFAULT in the bpy module, which skips invoke) must say confirmed=True itself.
-    confirmed: BoolProperty(name="Confirmed", default=False, options={"SKIP_SAVE", "HIDDEN"})
-
-    def invoke(self, context: bpy.types.Context, event: Any) -> set[str]:
-        self.confirmed = True
-        return context.window_manager.invoke_confirm(self, event)
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        take = self.take(context)
-        if take is None:
-            return {"CANCELLED"}
-        if not self.confirmed:
-            return _fail(self, f"Delete Take removes '{take.folder}' from disk: it asks for a confirmation")
-        scene = compat.scene_of(context)
-        try:
-            delete(scene, take)
-        except (OSError, jobs.UserError) as exc:
-            return _fail(self, f"could not delete the take: {exc}")
-        refresh(scene)
-        self.report({"INFO"}, f"Deleted take '{take.id}'")
-        return {"FINISHED"}
-
-
 classes = (
     TokenFlowTakeItem,
     TokenFlowTakes,
-    SEQUENCER_OT_tokenflow_preview_variations,
-    SEQUENCER_OT_tokenflow_refresh_takes,
-    SEQUENCER_OT_tokenflow_restore_take,
-    SEQUENCER_OT_tokenflow_solo_take,
-    SEQUENCER_OT_tokenflow_propagate_take,
-    SEQUENCER_OT_tokenflow_delete_take,
 )
 _register, _unregister = bpy.utils.register_classes_factory(classes)
 
@@ -364,29 +210,29 @@ def estimate_line(context: Any, scene: Any) -> str:
     strip = compat.active_strip(context, scene)
     first, end = compat.span(strip) if strip is not None else (0, 0)
     n = end - first
-    settings = {name: getattr(s, name) for name in takes.RESTORED if name != "model"}
+    settings = {name: getattr(s, name) for name in manifest.RESTORED if name != "model"}
     size = max(64, round(s.size / 64) * 64)
     settings["size"] = size
-    model = jobs._model_path(s.model.strip() or preferences.default_model())
+    model = model_path(s.model.strip() or preferences.default_model())
     found = scanned(scene)[0]
-    measured = takes.speed(found, model, size)
+    measured = manifest.speed(found, model, size)
     if measured is None or n == 0:
         return "Estimate: unknown (no earlier run with this model and working size)"
     frames = _frames_of(strip)
     settings["colorspace"] = _colorspace_of(strip)
     parts = []
     for stage, label in ((protocol.STAGE_PREVIEW, "Preview"), (protocol.STAGE_PROPAGATE, "Propagate")):
-        cached = takes.inversion_known(found, frames, settings, model, stage)
-        seconds = takes.estimate(measured, stage, n, settings, inverted=cached)
-        parts.append(f"{label} {takes.format_seconds(seconds)}")
+        cached = manifest.inversion_known(found, frames, settings, model, stage)
+        seconds = manifest.estimate(measured, stage, n, settings, inverted=cached)
+        parts.append(f"{label} {manifest.format_seconds(seconds)}")
     return "Estimate: " + ", ".join(parts)
 
 
 def _colorspace_of(strip: Any) -> str:
-    """The strip's colour space as the job names it (the OCIO config's name; jobs.build_job)."""
+    """The strip's colour space as the job names it (the OCIO config's name; edit.job.build_job)."""
     name = strip.colorspace_settings.name
     try:
-        from . import colour, strips
+        from ..sequencer import colour, strips
 
         return colour.load_config(strips.ocio_config()).resolve(name) or name
     except Exception:  # no readable config: the name Blender shows
@@ -395,7 +241,7 @@ def _colorspace_of(strip: Any) -> str:
 
 def _frames_of(strip: Any) -> list[str]:
     try:
-        from . import strips
+        from ..sequencer import strips
 
         return strips.visible_frames(strip)
     except Exception:  # a strip that is not an image sequence: the inversion is then "unknown"

@@ -19,10 +19,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine import protocol
-from . import planning
+from ...engine import protocol
+from ..sequencer import planning
 
-MANIFEST = "tokenflow.json"
 PREVIEW, SHOT = "preview", "shot"
 
 # The scene settings a take restores (scene.tokenflow field names, which follow protocol.Job).
@@ -92,15 +91,17 @@ def take_extra(scene: str, source: str, now: float | None = None) -> dict[str, A
 
 def read_take(folder: str) -> Take:
     """The take in `folder`; raise TakeError when its manifest is missing or damaged."""
-    path = os.path.join(folder, MANIFEST)
+    path = os.path.join(folder, protocol.MANIFEST)
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
         mtime = os.path.getmtime(path)
     except FileNotFoundError as exc:
-        raise TakeError(f"{folder}: no {MANIFEST}") from exc
+        raise TakeError(f"{folder}: no {protocol.MANIFEST}") from exc
     except (OSError, ValueError) as exc:
-        raise TakeError(f"{folder}: unreadable {MANIFEST} ({exc.__class__.__name__}: {exc})") from exc
+        raise TakeError(
+            f"{folder}: unreadable {protocol.MANIFEST} ({exc.__class__.__name__}: {exc})"
+        ) from exc
     try:
         job = data["job"]
         info = (job.get("extra") or {}).get("take") or {}
@@ -123,7 +124,7 @@ def read_take(folder: str) -> Take:
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         problem = f"{exc.__class__.__name__}: {exc}"
-        raise TakeError(f"{folder}: {MANIFEST} lacks what a take needs ({problem})") from exc
+        raise TakeError(f"{folder}: {protocol.MANIFEST} lacks what a take needs ({problem})") from exc
 
 
 def scan(parent: str) -> tuple[list[Take], list[str]]:
@@ -138,7 +139,7 @@ def scan(parent: str) -> tuple[list[Take], list[str]]:
     for entry in entries:
         if entry.name.startswith(".") or not entry.is_dir():
             continue  # the engine's temporary folders start with a dot
-        if not os.path.exists(os.path.join(entry.path, MANIFEST)):
+        if not os.path.exists(os.path.join(entry.path, protocol.MANIFEST)):
             continue  # chunk folders, job files, anything else
         try:
             takes.append(read_take(entry.path))

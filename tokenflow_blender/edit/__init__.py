@@ -1,0 +1,1 @@
+"""An edit from button to strip: job, start, result, operators; must not import farm/ or ui/."""

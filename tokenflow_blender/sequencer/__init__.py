@@ -1,0 +1,1 @@
+"""Sequencer: strips, rendering, mattes, colour, image info, placement, convert; no edit/, takes/, farm/."""

@@ -1,0 +1,1 @@
+"""Settings: scene properties, job state, preferences (bpy); imports only bpy-free modules elsewhere."""

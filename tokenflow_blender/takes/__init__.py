@@ -1,0 +1,1 @@
+"""Takes: manifests and estimates (manifest.py, no bpy), the list, operators; must not import farm/, ui/."""
