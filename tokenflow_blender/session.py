@@ -13,10 +13,12 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+from collections.abc import Callable
 from typing import Any
 
 import bpy
 
+from . import compat
 from .runs import process, registry, warm
 from .runs.task import DONE, ProcessTask
 from .sequencer import planning
@@ -117,6 +119,41 @@ def fail(op: bpy.types.Operator, message: str) -> set[str]:
     state().error = message
     op.report({"ERROR"}, message)
     return {"CANCELLED"}
+
+
+class SceneOperator:
+    """An operator that needs only a scene: not stricter, since a failed poll says only "context is
+    incorrect" while execute() says what is wrong."""
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return compat.scene_of(context) is not None
+
+
+class CancelOperator:
+    """The Cancel button of one job slot: offered while that slot runs; `stop` ends the task and
+    `said` is what the report says. Made by :func:`cancel_operator`."""
+
+    slot = ""
+    said = ""
+    stop: Callable[[], Any]
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return registry.running(cls.slot) is not None
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        type(self).stop()
+        self.report({"INFO"}, self.said)
+        return {"FINISHED"}
+
+
+def cancel_operator(idname: str, label: str, doc: str, slot: str, said: str, stop: Callable[[], Any]) -> type:
+    """The operator class of a slot's Cancel button (`SEQUENCER_OT_...` from `sequencer....`)."""
+    group, name = idname.split(".")
+    body = {"__doc__": doc, "bl_idname": idname, "bl_label": label, "bl_options": {"REGISTER"}}
+    body.update(slot=slot, said=said, stop=staticmethod(stop))
+    return type(f"{group.upper()}_OT_{name}", (CancelOperator, bpy.types.Operator), body)
 
 
 # --- timer, quitting ---------------------------------------------------------------------------

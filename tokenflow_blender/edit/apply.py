@@ -12,6 +12,7 @@ from typing import Any
 import bpy
 
 from ...engine import protocol
+from ..runs.task import DONE, ERROR
 from ..sequencer import planning, strips
 from ..session import state
 from ..takes import listing
@@ -30,6 +31,21 @@ def result_context(scene: Any, shot: strips.Shot, prompt: str, stage: str) -> di
         "prompt": prompt,
         "stage": stage,
     }
+
+
+def finish(task: Any, what: str, silent: str) -> None:
+    """A finished task (an engine run here or a farm job): its result added as a take, or its error
+    kept in the panel (`silent`: what to say when it failed without a message). Adding can fail too
+    (a scene gone, a folder moved): then the task becomes an error, never a success shown for nothing."""
+    st = state()
+    try:
+        if task.state == DONE:
+            task.message = apply_take(task.context, task.result or {}, task.output)
+        elif task.state == ERROR:
+            st.error = task.message or silent
+    except Exception as exc:  # a failure here must not leave the panel claiming success
+        task.state = ERROR
+        task.message = st.error = f"could not add the {what}: {exc}"
 
 
 def apply_take(ctx: dict[str, Any], done: dict[str, Any], output: str) -> str:

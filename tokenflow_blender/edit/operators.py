@@ -13,33 +13,33 @@ import bpy
 from bpy.props import StringProperty
 
 from ...engine import protocol
-from .. import compat, jobs
-from ..runs import registry
+from .. import jobs
 from ..runs.task import ERROR
-from ..session import SLOT_EDIT, SLOT_INSTALL, UserError, fail, state
+from ..session import SLOT_EDIT, SLOT_INSTALL, SceneOperator, UserError, cancel_operator, fail, state
 from ..settings import preferences
 from . import start
 
 LOG_TEXT = "TokenFlow Log"
 
 
-class _EditOperator:
+def run_edit(op: bpy.types.Operator, context: bpy.types.Context, stage: str, said: str, **kwargs) -> set[str]:
+    """Start an edit for an operator (Preview, Propagate, a take's, variations) and report it:
+    `said` may name `{count}`, the shot's frame count."""
+    try:
+        task = start.start_edit(context, stage, **kwargs)
+    except UserError as exc:
+        return fail(op, str(exc))
+    if task.state == ERROR:
+        return fail(op, task.message)
+    op.report({"INFO"}, said.replace("{count}", str(task.context["count"])))  # a take's name may hold braces
+    return {"FINISHED"}
+
+
+class _EditOperator(SceneOperator):
     stage = protocol.STAGE_PROPAGATE
 
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        # Not stricter: a failed poll says only "context is incorrect"; execute() says what is wrong.
-        return compat.scene_of(context) is not None
-
     def execute(self, context: bpy.types.Context) -> set[str]:
-        try:
-            task = start.start_edit(context, self.stage)
-        except UserError as exc:
-            return fail(self, str(exc))
-        if task.state == ERROR:
-            return fail(self, task.message)
-        self.report({"INFO"}, f"TokenFlow {self.stage} started: {task.context['count']} frames")
-        return {"FINISHED"}
+        return run_edit(self, context, self.stage, f"TokenFlow {self.stage} started: {{count}} frames")
 
 
 class SEQUENCER_OT_tokenflow_preview(_EditOperator, bpy.types.Operator):
@@ -60,21 +60,14 @@ class SEQUENCER_OT_tokenflow_propagate(_EditOperator, bpy.types.Operator):
     stage = protocol.STAGE_PROPAGATE
 
 
-class SEQUENCER_OT_tokenflow_cancel(bpy.types.Operator):
-    """Stop the running TokenFlow job; nothing is added and its temporary files are removed"""
-
-    bl_idname = "sequencer.tokenflow_cancel"
-    bl_label = "Cancel"
-    bl_options = {"REGISTER"}
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return registry.running(SLOT_EDIT) is not None
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        jobs.cancel(SLOT_EDIT)
-        self.report({"INFO"}, "Cancelling the TokenFlow job")
-        return {"FINISHED"}
+SEQUENCER_OT_tokenflow_cancel = cancel_operator(
+    "sequencer.tokenflow_cancel",
+    "Cancel",
+    "Stop the running TokenFlow job; nothing is added and its temporary files are removed",
+    SLOT_EDIT,
+    "Cancelling the TokenFlow job",
+    lambda: jobs.cancel(SLOT_EDIT),
+)
 
 
 class SEQUENCER_OT_tokenflow_show_log(bpy.types.Operator):

@@ -21,7 +21,7 @@ import bpy
 from ...engine import protocol
 from .. import compat
 from ..runs import engine_env, registry, warm
-from ..runs.task import CANCELLED, DONE, ERROR, ProcessTask, Step
+from ..runs.task import CANCELLED, DONE, ProcessTask, Step
 from ..sequencer import mattes, planning, strips
 from ..session import (
     SLOT_CHECK,
@@ -41,7 +41,7 @@ from ..session import (
 from ..settings import preferences
 from ..takes import manifest
 from . import results
-from .apply import apply_take, result_context
+from .apply import finish, result_context
 from .job import build_job, matte_plan
 
 
@@ -146,15 +146,7 @@ def _on_edit_finish(task: ProcessTask) -> None:
     if matte is not None and matte.render is not None:  # rendered matte frames served this run only
         matte.render.close()
         shutil.rmtree(task.context["matte_dir"], ignore_errors=True)
-    st = state()
-    try:
-        if task.state == DONE:
-            task.message = apply_take(task.context, task.result or {}, task.output)
-        elif task.state == ERROR:
-            st.error = task.message or "the engine failed without a message; see the log"
-    except Exception as exc:  # a failure here must not leave the panel claiming success
-        task.state = ERROR
-        task.message = st.error = f"could not add the result: {exc}"
+    finish(task, "result", "the engine failed without a message; see the log")
     if task.state != DONE and task.context.get("variations"):
         manifest.discard_variation_temporaries(task.output, task.context["variations"])
     if task.state == CANCELLED:

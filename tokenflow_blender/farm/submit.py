@@ -22,10 +22,9 @@ import bpy
 
 from ...engine import protocol
 from .. import compat, session
-from ..edit.apply import apply_take, result_context
+from ..edit.apply import finish, result_context
 from ..edit.job import build_job
 from ..runs import registry
-from ..runs.task import DONE, ERROR
 from ..sequencer import mattes, planning, strips
 from ..session import SLOT_FARM, UserError
 from ..settings import preferences
@@ -204,13 +203,5 @@ def _show(task: FarmTask) -> None:
 
 
 def _on_finish(task: FarmTask) -> None:
-    st = session.state()
-    try:
-        if task.state == DONE:
-            task.message = apply_take(task.context, task.result or {}, task.output)
-        elif task.state == ERROR:
-            st.error = task.message or "the farm job failed without a message; see the Manager"
-    except Exception as exc:  # a failure here must not leave the panel claiming success
-        task.state = ERROR
-        task.message = st.error = f"could not add the farm result: {exc}"
+    finish(task, "farm result", "the farm job failed without a message; see the Manager")
     _show(task)

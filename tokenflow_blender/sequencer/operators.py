@@ -6,7 +6,7 @@ import bpy
 
 from .. import compat
 from ..runs import registry
-from ..session import SLOT_CONVERT, fail
+from ..session import SLOT_CONVERT, cancel_operator, fail
 from . import convert
 
 
@@ -32,21 +32,14 @@ class SEQUENCER_OT_tokenflow_convert_movie(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class SEQUENCER_OT_tokenflow_cancel_convert(bpy.types.Operator):
-    """Stop converting the strip; nothing is added and the frames written so far are removed"""
-
-    bl_idname = "sequencer.tokenflow_cancel_convert"
-    bl_label = "Cancel Conversion"
-    bl_options = {"REGISTER"}
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return registry.running(SLOT_CONVERT) is not None
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        convert.cancel()
-        self.report({"INFO"}, "Conversion cancelled")
-        return {"FINISHED"}
+SEQUENCER_OT_tokenflow_cancel_convert = cancel_operator(
+    "sequencer.tokenflow_cancel_convert",
+    "Cancel Conversion",
+    "Stop converting the strip; nothing is added and the frames written so far are removed",
+    SLOT_CONVERT,
+    "Conversion cancelled",
+    convert.cancel,
+)
 
 
 classes = (

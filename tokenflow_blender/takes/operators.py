@@ -10,20 +10,13 @@ from bpy.props import BoolProperty
 
 from ...engine import protocol
 from .. import compat
-from ..edit.start import start_edit
-from ..runs.task import ERROR
-from ..session import UserError, fail
+from ..edit.operators import run_edit
+from ..session import SceneOperator, UserError, fail
 from . import manifest
 from .listing import delete, refresh, restore, selected, solo, source_strip
 
 
-class _SceneOperator:
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return compat.scene_of(context) is not None
-
-
-class SEQUENCER_OT_tokenflow_preview_variations(_SceneOperator, bpy.types.Operator):
+class SEQUENCER_OT_tokenflow_preview_variations(SceneOperator, bpy.types.Operator):
     """Preview several variations of the current settings in one engine run (one model load, one
     inversion): one per line of the prompts text, or several seeds; each comes back as a preview take"""
 
@@ -39,17 +32,11 @@ class SEQUENCER_OT_tokenflow_preview_variations(_SceneOperator, bpy.types.Operat
         specs = manifest.variation_specs(pg.variation_source, pg.variation_count, scene.tokenflow.seed, lines)
         if len(specs) < 2:
             return fail(self, "Preview Variations needs two prompts or more, one a line of the Prompts text")
-        try:
-            task = start_edit(context, protocol.STAGE_PREVIEW, variations=specs)
-        except UserError as exc:
-            return fail(self, str(exc))
-        if task.state == ERROR:
-            return fail(self, task.message)
-        self.report({"INFO"}, f"TokenFlow: {len(specs)} variations started")
-        return {"FINISHED"}
+        said = f"TokenFlow: {len(specs)} variations started"
+        return run_edit(self, context, protocol.STAGE_PREVIEW, said, variations=specs)
 
 
-class SEQUENCER_OT_tokenflow_refresh_takes(_SceneOperator, bpy.types.Operator):
+class SEQUENCER_OT_tokenflow_refresh_takes(SceneOperator, bpy.types.Operator):
     """Read the takes again from the manifests in the Output folder"""
 
     bl_idname = "sequencer.tokenflow_refresh_takes"
@@ -62,7 +49,7 @@ class SEQUENCER_OT_tokenflow_refresh_takes(_SceneOperator, bpy.types.Operator):
         return {"FINISHED"}
 
 
-class _TakeOperator(_SceneOperator):
+class _TakeOperator(SceneOperator):
     def take(self, context: Any) -> manifest.Take | None:
         take = selected(compat.scene_of(context))
         if take is None:
@@ -121,14 +108,7 @@ class SEQUENCER_OT_tokenflow_propagate_take(_TakeOperator, bpy.types.Operator):
             return fail(self, f"the take's source strip '{take.source}' is not in this scene")
         restore(scene, take)
         scene.sequence_editor.active_strip = source
-        try:
-            task = start_edit(context, protocol.STAGE_PROPAGATE)
-        except UserError as exc:
-            return fail(self, str(exc))
-        if task.state == ERROR:
-            return fail(self, task.message)
-        self.report({"INFO"}, f"Propagating take '{take.id}'")
-        return {"FINISHED"}
+        return run_edit(self, context, protocol.STAGE_PROPAGATE, f"Propagating take '{take.id}'")
 
 
 class SEQUENCER_OT_tokenflow_delete_take(_TakeOperator, bpy.types.Operator):
