@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.search_bench import window_nearest  # noqa: E402
-from engine import keyframes  # noqa: E402
+from engine.method import keyframes  # noqa: E402
 from engine.method.attention import TokenFlowState  # noqa: E402
 from engine.method.matching import MatchOptions, nearest_tokens, reduce  # noqa: E402
 
