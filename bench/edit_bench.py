@@ -46,6 +46,8 @@ METHODS: dict[str, dict[str, Any]] = {
     # TokenFlow as published: the exact nearest-neighbour search at every layer and step
     "tokenflow-fixed": {"method": "tokenflow", "keyframe_mode": "fixed", **EXACT},
     "tokenflow-resample": {"method": "tokenflow", "keyframe_mode": "resample", **EXACT},
+    # the reference code's propagation rule (pairing, sigmoid weights, keyframes re-run) and search
+    "tokenflow-reference": {"method": "tokenflow", "keyframe_mode": "resample", "propagation": "reference"},
     "per-frame": {"method": "per-frame"},
     "sdedit": {"method": "per-frame", "edit_mode": "sdedit"},
 }

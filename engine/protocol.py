@@ -93,6 +93,9 @@ KEYFRAME_MODES = ("fixed", "resample")
 EDIT_MODES = ("pnp", "sdedit")
 METHODS = ("tokenflow", "per-frame")
 MATCH_SCOPES = ("layer", "level")
+# How a frame blends its keyframes' features (engine/method/keyframes.py): the paper's rule or the
+# reference code's (docs/quality.md, "Parity with the reference code").
+PROPAGATIONS = ("paper", "reference")
 MATTE_CHANNELS = ("auto", "alpha", "luminance")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
@@ -260,6 +263,15 @@ FIELDS: dict[str, Field] = {
             0,
             4096,
         ),
+        Field(
+            "propagation",
+            "choice",
+            "paper: each frame blends its two nearest keyframes linearly by distance (the paper); "
+            "reference: the reference code's rule, for parity checks (each block of keyframe_stride frames "
+            "blends its keyframe with the previous block's, sigmoid weights, keyframes propagated too; needs "
+            "resample keyframes; its search is the reference's, so the match_* settings do not apply)",
+            choices=PROPAGATIONS,
+        ),
         Field("seed", "int", "random seed (keyframe draws)", 0, 2**32 - 1),
         Field(
             "size",
@@ -353,6 +365,7 @@ class Job:
     match_scope: str = "level"
     match_reuse: float = 0.2  # a fraction of the steps, as pnp_f_t
     match_dims: int = 0
+    propagation: str = "paper"
     evaluate: bool = False
     # Colour: the source frames' colour space as Blender names it and the OCIO config that defines
     # it. An empty colorspace means display-referred sRGB files, which go to the model as they are.
@@ -428,6 +441,11 @@ class Job:
         if self.size % 64:
             raise JobError(f"'size' is {self.size}: the working size must be a multiple of 64 (e.g. 512)")
         self._validate_range()
+        if self.propagation == "reference" and self.keyframe_mode != "resample":
+            raise JobError(
+                "'propagation' reference pairs each block of keyframe_stride frames with the keyframe drawn "
+                "in it, as the reference code does: set 'keyframe_mode' to 'resample'"
+            )
         _validate_matte_fields(self)
         _validate_variations(self)
         if not isinstance(self.model, str) or not self.model.strip():

@@ -139,7 +139,9 @@ class TokenFlowState:
             )
         assert key_tokens is not None  # kept by every keyframe pass that runs the source copy
         q = reduce(queries(), self.match.dims)  # the keyframes' tokens were reduced once, in keep()
-        idx = nearest_tokens(q, key_tokens[key].to(q.device), normalized=True)
+        idx = nearest_tokens(
+            q, key_tokens[key].to(q.device), normalized=True, same_position=self.match.same_position
+        )
         self.searches += 1
         if name:
             self.fields[name] = idx

@@ -38,6 +38,9 @@ class EditSettings:
     keyframe_anchors: int = 3
     frame_range: tuple[int, int] | None = None  # produce only these frames [start, end) (farm chunks)
     match: MatchOptions = field(default_factory=MatchOptions)  # how propagation searches its fields
+    # "paper": two nearest keyframes, linear weights; "reference": the reference code's rule (with
+    # resample keyframes and matching.REFERENCE_SEARCH), which also re-runs the keyframes.
+    propagation: str = "paper"
     qk_layers: Sequence[str] = attention.DEFAULT_QK_LAYERS
     conv_layers: Sequence[str] = attention.DEFAULT_CONV_LAYERS
 
@@ -217,16 +220,12 @@ class Editor:
             if preview:
                 x = denoised
                 continue
-            # The keyframes were stepped by the keyframe pass: a keyframe in a propagation chunk
-            # would take its own kept outputs and get the same step again (19% more UNet work at
-            # stride 8), so only the other frames are propagated.
             state.set_mode("propagate")
-            keyset = set(keys)
-            others = [f for f in carried if f not in keyset]
+            others = self.propagated(carried, keys)
             for start in range(0, len(others), s.chunk_size):
                 cancelled()
                 chunk = others[start : start + s.chunk_size]
-                state.begin_chunk(chunk, keyframes.sources(chunk, keys))
+                state.begin_chunk(chunk, self._sources(chunk, keys))
                 eps = self._guided_eps(src[chunk], x[chunk], t)
                 denoised[chunk] = self._denoise(eps, t, x[chunk])
                 self.on_call("propagate", len(chunk))
@@ -235,6 +234,27 @@ class Editor:
         produced = keys if preview else list(self.produce(n_frames))
         reported = [] if s.method == "per-frame" and not preview else keys
         return EditResult(produced, x[produced].clone(), reported, set(state.injections))
+
+    @property
+    def reruns_keyframes(self) -> bool:
+        """Whether the keyframes go through propagation too (the reference code's rule)."""
+        return self.settings.propagation == "reference"
+
+    def propagated(self, carried: list[int], keys: list[int]) -> list[int]:
+        """The frames a step propagates. With the paper's rule the keyframe pass has stepped the
+        keyframes: a keyframe in a propagation chunk would take its own kept outputs and get the same
+        step again (19% more UNet work at stride 8), so only the other frames go. The reference
+        discards the keyframe pass's step and propagates every frame, keyframes blended with the
+        previous block's keyframe."""
+        if self.reruns_keyframes:
+            return list(carried)
+        keyset = set(keys)
+        return [f for f in carried if f not in keyset]
+
+    def _sources(self, chunk: list[int], keys: list[int]) -> list[keyframes.FrameSource]:
+        if self.settings.propagation == "reference":
+            return keyframes.reference_sources(chunk, keys, self.settings.keyframe_stride)
+        return keyframes.sources(chunk, keys)
 
     def _keyframe_pass(
         self, x: torch.Tensor, src: torch.Tensor, t: int, keys: list[int], cancelled: Callable[[], None]

@@ -73,6 +73,29 @@ def sources(frames: list[int], keyframes: list[int]) -> list[FrameSource]:
     return out
 
 
+def reference_sources(frames: list[int], keyframes: list[int], stride: int) -> list[FrameSource]:
+    """The reference code's pairing (propagation "reference"), for parity with it.
+
+    `keyframes` holds one keyframe per block of `stride` frames (resample mode). A frame in block i
+    takes block i's keyframe and, past the first block, block i-1's, weighted
+    sigmoid(d2 / (d1 + d2)) by its distances d1, d2 to the middles of blocks i and i-1 (so 0.5 to
+    0.73, never the next block's keyframe). No frame is `exact`: the reference propagates the
+    keyframes too, the keyframe pass only provides features.
+    """
+    out: list[FrameSource] = []
+    for frame in frames:
+        block = frame // stride
+        if block >= len(keyframes):
+            raise ValueError(f"frame {frame} is in block {block}, but there are {len(keyframes)} keyframes")
+        if block == 0:
+            out.append(FrameSource(0, 0, 1.0))
+            continue
+        d1 = abs(frame - (block * stride + stride // 2))
+        d2 = abs(frame - ((block - 1) * stride + stride // 2))
+        out.append(FrameSource(block, block - 1, 1.0 / (1.0 + math.exp(-d2 / (d1 + d2)))))
+    return out
+
+
 @dataclass(frozen=True)
 class KeyframePass:
     """One UNet call of the keyframe pass: the keyframe positions it keeps and all it attends over."""

@@ -23,13 +23,18 @@ def unit(tokens: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def nearest_tokens(
-    queries: torch.Tensor, keys: torch.Tensor, block: int = 1024, normalized: bool = False
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    block: int = 1024,
+    normalized: bool = False,
+    same_position: bool = True,
 ) -> torch.Tensor:
     """Index of the most cosine-similar key token for every query token.
 
     queries: (S, D), keys: (T, D) -> (S,) long. Queries go in blocks of `block`, so at most a
     block x T similarity matrix exists at once (never S x T for a whole shot). With
     `normalized`, both are already :func:`unit` (keyframe tokens are normalised once per step).
+    Without `same_position`, near-ties go to the first best key, as the reference code's argmax.
     """
     if not normalized:
         queries, keys = unit(queries), unit(keys)
@@ -37,7 +42,7 @@ def nearest_tokens(
     same_grid = queries.shape[0] == keys.shape[0]
     for start in range(0, queries.shape[0], block):
         sim = queries[start : start + block] @ keys.T
-        if same_grid:
+        if same_grid and same_position:
             rows = torch.arange(sim.shape[0], device=sim.device)
             sim[rows, rows + start] += SAME_POSITION_BONUS
         out[start : start + block] = sim.argmax(dim=-1)
@@ -58,17 +63,24 @@ class MatchOptions:
       them (the source features barely change at the end of the schedule); 0 searches at every step.
     - `dims`: search in a fixed random orthonormal projection to this many dimensions (0: the
       tokens' own width), which cuts the search's multiply-adds by width / dims.
+    - `same_position`: among near-equal best keys, take the one at the query's own position
+      (:data:`SAME_POSITION_BONUS`); off, the first, as the reference code does.
     """
 
     scope: str = "level"  # the engine's defaults (engine/protocol.Job); ("layer", 0.0, 0) is exact
     reuse: float = 0.2
     dims: int = 0
+    same_position: bool = True
 
     def __post_init__(self) -> None:
         if self.scope not in MATCH_SCOPES:
             raise ValueError(f"unknown match scope {self.scope!r}: one of {', '.join(MATCH_SCOPES)}")
         if not 0 <= self.reuse <= 1 or self.dims < 0:
             raise ValueError("match reuse must be a fraction (0 to 1) and dims 0 or more")
+
+
+# The reference code's search: every layer, every step, full width, plain argmax (propagation "reference").
+REFERENCE_SEARCH = MatchOptions("layer", 0.0, 0, same_position=False)
 
 
 @lru_cache(maxsize=32)

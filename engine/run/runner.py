@@ -25,7 +25,7 @@ from ..method.inversion import (
     invert,
     schedule_fingerprint,
 )
-from ..method.matching import MatchOptions
+from ..method.matching import REFERENCE_SEARCH, MatchOptions
 from ..model import devices
 from ..model.fingerprint import INDEX_NAME, DigestIndex
 from ..model.loading import Model, load
@@ -61,13 +61,18 @@ def settings_from_job(job: protocol.Job) -> EditSettings:
         keyframe_batch=job.keyframe_batch,
         keyframe_anchors=job.keyframe_anchors,
         frame_range=tuple(job.frame_range) if job.frame_range else None,
-        match=MatchOptions(job.match_scope, job.match_reuse, job.match_dims),
+        match=REFERENCE_SEARCH
+        if job.propagation == "reference"
+        else MatchOptions(job.match_scope, job.match_reuse, job.match_dims),
+        propagation=job.propagation,
     )
 
 
 def _to_tensor(images: list[np.ndarray]) -> torch.Tensor:
-    """RGB [0, 1] HxWx3 arrays -> (B, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2.0 - 1.0
+    """RGB [0, 1] HxWx3 arrays -> (B, 3, H, W) in [-1, 1], contiguous: the VAE's convolutions on the
+    channels-last view a bare permute gives are 5x further from a float64 encoding (1e-5 relative
+    on the tiny model) and from the reference code's latents (bench/reference_parity.py)."""
+    return (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2.0 - 1.0).contiguous()
 
 
 class Run:
@@ -278,9 +283,10 @@ class Run:
         else:
             batches = keyframes.passes(len(keys), settings.keyframe_batch, settings.keyframe_anchors)
             self.progress.plan("keyframes", steps * sum(len(p.members) for p in batches))
-            if not preview:  # every carried frame but the step's keyframes (the keyframe pass steps them)
+            if not preview:  # every carried frame but (paper's rule) the step's keyframes
                 carried = len(editor.needed(n, preview=False))
-                self.progress.plan("propagate", steps * (carried - len(keys)))
+                rerun = 0 if editor.reruns_keyframes else len(keys)
+                self.progress.plan("propagate", steps * (carried - rerun))
 
     def _on_edit_call(self, stage: str, n: int) -> None:
         key = "keyframe_unet_frames" if stage == "keyframes" else "propagate_unet_frames"
