@@ -39,9 +39,17 @@ def timed(cls: type, method: str, name: str) -> None:
     setattr(cls, method, wrapper)
 
 
+def time_the_unet() -> None:
+    """The UNet's own share: its calls' wall and CPU seconds (how many cores the model's work uses)."""
+    from diffusers import UNet2DConditionModel
+
+    timed(UNet2DConditionModel, "forward", "unet calls")
+
+
 def preprocess(args: argparse.Namespace, out: Path) -> None:
     import preprocess as P
 
+    time_the_unet()
     P.device = "cpu"  # the module's global, set by its __main__ block
     timed(P.Preprocess, "__init__", "load + encode")
     timed(P.Preprocess, "ddim_inversion", "inversion")
@@ -73,6 +81,7 @@ def preprocess(args: argparse.Namespace, out: Path) -> None:
 def edit(args: argparse.Namespace, out: Path) -> None:
     import run_tokenflow_pnp as R
 
+    time_the_unet()
     config = {
         "seed": args.seed,
         "device": "cpu",
