@@ -12,7 +12,9 @@ compared runs alternate `--repeat` times and the fastest of each counts (noise o
 
     .venvs/engine/bin/python bench/engine_bench.py                   # mid-size SD-layout UNet
     .venvs/engine/bin/python bench/engine_bench.py --model-size sd15 # SD 1.5's full configuration
-    .venvs/engine/bin/python bench/engine_bench.py --model PATH      # any local model
+    .venvs/engine/bin/python bench/engine_bench.py --family sdxl --model-size tiny  # SDXL's layout
+    .venvs/engine/bin/python bench/engine_bench.py --model-size sdxl-base # SDXL base's full configuration
+    .venvs/engine/bin/python bench/engine_bench.py --model PATH      # any local model (SDXL too)
 """
 
 from __future__ import annotations
@@ -79,8 +81,32 @@ def run_job(loaded, **fields) -> tuple[float, dict]:
     return seconds, events[-1]
 
 
+def unet_parameters(model: str) -> int:
+    """The UNet's parameter count from its config alone (no weights read: the model may be 10 GB)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(model, subfolder="unet"))
+    return sum(p.numel() for p in unet.parameters())
+
+
+def save_sdxl_base(folder: Path) -> Path:
+    """SDXL base 1.0's configuration with random weights (gpu_bench's), written as a diffusers folder."""
+    from bench.gpu_bench import random_sdxl
+    from engine.model import devices
+
+    model = random_sdxl(devices.choose("cpu"), folder.parent)
+    model.pipeline.save_pretrained(folder)
+    del model
+    return folder
+
+
 def memory_child(args: argparse.Namespace) -> None:
-    """In a fresh process: load, then measure the peak memory one edit adds."""
+    """In a fresh process: load, then measure the peak memory one edit adds over the loaded model.
+
+    The inversion cache is filled by another process first (`--memory-warm`): memory a run in this
+    process had freed would stay resident (the allocator keeps it) and hide the edit's own peak."""
     import torch
 
     from engine.images.frames import read_shot, working_size
@@ -102,7 +128,13 @@ def memory_child(args: argparse.Namespace) -> None:
         keyframe_stride=args.stride,
         chunk_size=args.chunk,
     )
-    run_job(model, output=str(out) + "-warm", **common)  # fills the inversion cache
+    if args.memory_warm:
+        run_job(model, output=str(out) + "-warm", **common)  # fills the inversion cache
+        return
+    with torch.no_grad():  # weights are memory-mapped: page them in, so that the base holds them
+        for network in (model.unet, model.vae, model.text_encoder, model.text_encoder_2):
+            for tensor in [*network.parameters(), *network.buffers()] if network is not None else []:
+                tensor.sum()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     _reset_peak()
@@ -111,6 +143,7 @@ def memory_child(args: argparse.Namespace) -> None:
     result = {
         "frames": len(frames),
         "peak_rss_added_mb": round((_vm("VmHWM") - base) / 2**20, 1),
+        "loaded_rss_mb": round(base / 2**20, 1),
         "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
         if torch.cuda.is_available()
         else None,
@@ -126,7 +159,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="", help="a local model folder (default: build one)")
-    parser.add_argument("--model-size", default="mid", choices=("tiny", "mid", "sd15"))
+    parser.add_argument(
+        "--model-size",
+        default="mid",
+        choices=("tiny", "mid", "sd15", "sdxl-base"),
+        help="the built model (sdxl-base: SDXL base 1.0's configuration, about 14 GB in fp32)",
+    )
+    parser.add_argument(
+        "--family", default="sd1", choices=("sd1", "sdxl"), help="the built model's layout (sdxl: tiny only)"
+    )
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--memory-frames", default="16,64")
     parser.add_argument("--size", type=int, default=512)
@@ -157,7 +198,13 @@ def main() -> None:
         "--repeat", type=int, default=2, help="runs of tokenflow, per-frame, preview, interleaved"
     )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "engine"))
+    parser.add_argument(
+        "--only-memory",
+        action="store_true",
+        help="only the peak-memory runs (this process never loads the model: one copy in memory at a time)",
+    )
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-warm", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--frames-dir", default="", help=argparse.SUPPRESS)
     parser.add_argument("--work", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -174,13 +221,18 @@ def main() -> None:
     _setup_logging()
     scratch = tempfile.TemporaryDirectory(prefix="tokenflow-bench-")
     work = Path(scratch.name)
-    if not args.model:
-        args.model = str(make_tiny_model(work / f"model-{args.model_size}", size=args.model_size))
+    if not args.model and args.model_size == "sdxl-base":
+        args.model = str(save_sdxl_base(work / "model-sdxl-base"))
+    elif not args.model:
+        args.model = str(
+            make_tiny_model(work / f"model-{args.model_size}", size=args.model_size, family=args.family)
+        )
     most = max([args.frames, *[int(v) for v in args.memory_frames.split(",") if v.strip()]])
     frames_dir = work / "frames"
     frames = [str(p) for p in extract_frames("cityCC0.mpg", frames_dir, most, start=0)]
-    model = loading.load(args.model, devices.choose(args.device))
-    params = sum(p.numel() for p in model.unet.parameters())
+    placement = devices.choose(args.device)
+    model = None if args.only_memory else loading.load(args.model, placement)
+    params = unet_parameters(args.model)
     shot = frames[: args.frames]
     common = dict(
         frames=shot,
@@ -210,50 +262,52 @@ def main() -> None:
         runs[name] = {"seconds": min(times), "all_seconds": times, "unet_frames": unet, "stats": stats}
         print(f"  {name:<22} {seconds:8.1f} s   UNet frame evaluations {unet}", flush=True)
 
-    measure("first_edit", prompt="a watercolor painting")
-    if not args.only_edits:
-        measure("re_edit", prompt="a snowy street at night")
-    exact = {"match_scope": "layer", "match_reuse": 0.0, "match_dims": 0}  # the reference's search
-    options = {
-        "level": {**exact, "match_scope": "level"},
-        "reuse": {**exact, "match_reuse": args.match_reuse},
-        "dims": {**exact, "match_dims": args.match_dims},
-        "level-reuse": {**exact, "match_scope": "level", "match_reuse": args.match_reuse},  # the defaults
-    }
-    for _ in range(args.repeat):  # interleaved, so that a slow spell of the machine hits both
-        measure("tokenflow", prompt="a neon cyberpunk city", **exact)
-        measure("per_frame", prompt="a neon cyberpunk city", method="per-frame")
+    ratios: dict[str, float] = {}
+    if model is not None:  # --only-memory: the edits are skipped
+        measure("first_edit", prompt="a watercolor painting")
         if not args.only_edits:
-            measure("preview", prompt="a neon cyberpunk city", stage="preview")
-        for name in args.match:
-            measure(f"tokenflow_{name}", prompt="a neon cyberpunk city", **options[name])
-        if args.source_copy:
-            with source_copy_in_every_step():
-                measure("per_frame_all_copies", prompt="a neon cyberpunk city", method="per-frame")
-                measure("tokenflow_defaults_all_copies", prompt="a neon cyberpunk city")
-            measure("tokenflow_defaults", prompt="a neon cyberpunk city")
-    # per-frame counts only the edit copies' frames; both read their inversion from the cache
-    ratios = {"tokenflow_over_per_frame_time": runs["tokenflow"]["seconds"] / runs["per_frame"]["seconds"]}
-    if not args.only_edits:
-        ratios.update(
-            preview_over_full_time=runs["preview"]["seconds"] / runs["tokenflow"]["seconds"],
-            preview_over_full_unet=runs["preview"]["unet_frames"] / runs["tokenflow"]["unet_frames"],
-            re_edit_over_first_time=runs["re_edit"]["seconds"] / runs["first_edit"]["seconds"],
-            re_edit_inversion_unet_frames=runs["re_edit"]["stats"]["inversion_unet_frames"],
-        )
-    for name in args.match:
-        ratios[f"tokenflow_{name}_over_per_frame_time"] = (
-            runs[f"tokenflow_{name}"]["seconds"] / runs["per_frame"]["seconds"]
-        )
-        searches = runs[f"tokenflow_{name}"]["stats"]["match_searches"]
-        exact = runs["tokenflow"]["stats"]["match_searches"]
-        ratios[f"tokenflow_{name}_searches_over_exact"] = searches / exact
-
-    if args.source_copy:
-        for name in ("per_frame", "tokenflow_defaults"):
-            ratios[f"{name}_over_all_copies_time"] = (
-                runs[name]["seconds"] / runs[f"{name}_all_copies"]["seconds"]
+            measure("re_edit", prompt="a snowy street at night")
+        exact = {"match_scope": "layer", "match_reuse": 0.0, "match_dims": 0}  # the reference's search
+        options = {
+            "level": {**exact, "match_scope": "level"},
+            "reuse": {**exact, "match_reuse": args.match_reuse},
+            "dims": {**exact, "match_dims": args.match_dims},
+            "level-reuse": {**exact, "match_scope": "level", "match_reuse": args.match_reuse},  # the defaults
+        }
+        for _ in range(args.repeat):  # interleaved, so that a slow spell of the machine hits both
+            measure("tokenflow", prompt="a neon cyberpunk city", **exact)
+            measure("per_frame", prompt="a neon cyberpunk city", method="per-frame")
+            if not args.only_edits:
+                measure("preview", prompt="a neon cyberpunk city", stage="preview")
+            for name in args.match:
+                measure(f"tokenflow_{name}", prompt="a neon cyberpunk city", **options[name])
+            if args.source_copy:
+                with source_copy_in_every_step():
+                    measure("per_frame_all_copies", prompt="a neon cyberpunk city", method="per-frame")
+                    measure("tokenflow_defaults_all_copies", prompt="a neon cyberpunk city")
+                measure("tokenflow_defaults", prompt="a neon cyberpunk city")
+        # per-frame counts only the edit copies' frames; both read their inversion from the cache
+        ratios["tokenflow_over_per_frame_time"] = runs["tokenflow"]["seconds"] / runs["per_frame"]["seconds"]
+        if not args.only_edits:
+            ratios.update(
+                preview_over_full_time=runs["preview"]["seconds"] / runs["tokenflow"]["seconds"],
+                preview_over_full_unet=runs["preview"]["unet_frames"] / runs["tokenflow"]["unet_frames"],
+                re_edit_over_first_time=runs["re_edit"]["seconds"] / runs["first_edit"]["seconds"],
+                re_edit_inversion_unet_frames=runs["re_edit"]["stats"]["inversion_unet_frames"],
             )
+        for name in args.match:
+            ratios[f"tokenflow_{name}_over_per_frame_time"] = (
+                runs[f"tokenflow_{name}"]["seconds"] / runs["per_frame"]["seconds"]
+            )
+            searches = runs[f"tokenflow_{name}"]["stats"]["match_searches"]
+            exact = runs["tokenflow"]["stats"]["match_searches"]
+            ratios[f"tokenflow_{name}_searches_over_exact"] = searches / exact
+
+        if args.source_copy:
+            for name in ("per_frame", "tokenflow_defaults"):
+                ratios[f"{name}_over_all_copies_time"] = (
+                    runs[name]["seconds"] / runs[f"{name}_all_copies"]["seconds"]
+                )
 
     memory = []
     sizes = [] if args.only_edits else [int(v) for v in args.memory_frames.split(",") if v.strip()]
@@ -281,6 +335,7 @@ def main() -> None:
             "--work",
             str(work),
         ]
+        subprocess.run([*cmd, "--memory-warm"], capture_output=True, text=True, check=True)
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         memory.append(json.loads(out))
         print(
@@ -307,7 +362,7 @@ def main() -> None:
         "steps": args.steps,
         "stride": args.stride,
         "chunk": args.chunk,
-        "device": str(model.placement.device),
+        "device": str(placement.device),
         "runs": runs,
         "memory": memory,
         "ratios": ratios,

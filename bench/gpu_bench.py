@@ -1,15 +1,18 @@
 """GPU benchmark (run by hand on a CUDA machine): the paper's measurement, for docs/performance.md.
 
-40 frames at 512x512, Stable Diffusion 2.1's configuration, 50 DDIM steps: the inversion and the
+40 frames at 512x512, Stable Diffusion 2.1's configuration (`--config sdxl`: SDXL base's, 1024x1024),
+50 DDIM steps: the inversion and the
 edit timed apart, the peak GPU memory of each, TokenFlow against per-frame PnP (the same PnP edit
 on each frame alone). fp16 UNet and text encoder, fp32 VAE, channels-last UNet (as the engine
 runs on CUDA). Without `--model`, random weights are built on the GPU with SD 2.1-base's UNet,
 VAE and text-encoder configurations (speed and memory do not depend on the weights' values).
 
     python bench/gpu_bench.py                     # SD 2.1's configuration, random weights
+    python bench/gpu_bench.py --config sdxl       # SDXL base's configuration at 1024, random weights
     python bench/gpu_bench.py --model PATH        # a real model (diffusers folder or .safetensors)
     python bench/gpu_bench.py --compile           # also measure a torch.compile'd UNet
     python bench/gpu_bench.py --dry-run           # on the CPU: 2 frames, 64 px, 2 steps, tiny model
+    python bench/gpu_bench.py --dry-run --config sdxl  # the same with a tiny SDXL-layout model
 
 It refuses (exit code 2) when torch sees no CUDA device, unless `--dry-run`. It prints a Markdown
 table and writes JSON under bench/results/gpu/.
@@ -96,7 +99,99 @@ def random_sd21(placement: Any, work: Path) -> Any:
         text = text.to(dtype=placement.dtype).eval()
     prepare_unet(unet, placement)
     config = dict(DDIMScheduler(**SD_SCHEDULER).config)
-    return Model(unet, vae, text, tokenizer, config, placement, "random-sd21-base-seed0")
+    return Model(unet, vae, text, tokenizer, config, placement, None, _identity="random-sd21-base-seed0")
+
+
+# SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0): the components' configurations.
+SDXL_UNET = dict(
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    use_linear_projection=True,
+    cross_attention_dim=2048,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+    norm_num_groups=32,
+)
+SDXL_TEXT = dict(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+)
+SDXL_TEXT_2 = dict(
+    vocab_size=49408,
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=20,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    projection_dim=1280,
+)
+CONFIGS = ("sd21", "sdxl")  # --config: the native size of each is its default --size
+NATIVE = {"sd21": 512, "sdxl": 1024}
+
+
+def random_sdxl(placement: Any, work: Path) -> Any:
+    """SDXL base's components with random weights, made on the device; the VAE stays fp32 (it
+    overflows in fp16), as the engine keeps it."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from engine.model import family
+    from engine.model.loading import Model
+    from engine.model.speedups import prepare_unet
+    from engine.model.tiny_model import SDXL_SCHEDULER, write_clip_tokenizer
+
+    torch.manual_seed(0)
+    write_clip_tokenizer(work / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.device(placement.device):
+        unet = UNet2DConditionModel(**SDXL_UNET).to(dtype=placement.dtype).eval()
+        vae = AutoencoderKL(**{**SD21_VAE, "scaling_factor": 0.13025}).to(dtype=placement.vae_dtype).eval()
+        text = CLIPTextModel(CLIPTextConfig(**SDXL_TEXT, **ids)).to(dtype=placement.dtype).eval()
+        text_2 = (
+            CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_2, **ids)).to(dtype=placement.dtype).eval()
+        )
+    prepare_unet(unet, placement)
+    scheduler = DDIMScheduler.from_config(SDXL_SCHEDULER)
+    pipe = StableDiffusionXLPipeline(vae, text, text_2, tokenizer, tokenizer, unet, scheduler)
+    return Model(
+        unet,
+        vae,
+        text,
+        tokenizer,
+        dict(scheduler.config),
+        placement,
+        None,
+        family=family.Family(family.SDXL, 128),
+        text_encoder_2=text_2,
+        tokenizer_2=tokenizer,
+        pipeline=pipe,
+        _identity="random-sdxl-base-seed0",
+    )
 
 
 def square_frames(count: int, size: int, folder: Path) -> list[str]:
@@ -158,8 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model", default="", help="a real model (default: SD 2.1-base's configuration, random)"
     )
+    parser.add_argument(
+        "--config", choices=CONFIGS, default="sd21", help="random weights of SD 2.1-base or SDXL"
+    )
     parser.add_argument("--frames", type=int, default=40)
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--size", type=int, default=0, help="working size (default: the config's native)")
+    parser.add_argument("--cpu", action="store_true", help="measure on the CPU (time only; few frames)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--stride", type=int, default=8, help="keyframe stride (the paper's batch size)")
     parser.add_argument("--chunk", type=int, default=8, help="frames per UNet call")
@@ -170,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    if not args.dry_run and not torch.cuda.is_available():
+    args.size = args.size or NATIVE[args.config]
+    if not (args.dry_run or args.cpu) and not torch.cuda.is_available():
         print(
             f"gpu_bench measures a CUDA GPU, but torch {torch.__version__} sees none (no NVIDIA GPU, no "
             "driver, or a CPU-only torch build). Run it on a CUDA machine with a CUDA build of torch, or "
@@ -188,13 +288,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         args.frames, args.size, args.steps, args.stride, args.chunk = 2, 64, 2, 2, 2
         placement = devices.choose("cpu")
-        model = loading.load(str(make_tiny_model(work / "tiny")), placement)
+        tiny = make_tiny_model(work / "tiny", family="sdxl" if args.config == "sdxl" else "sd1")
+        model = loading.load(str(tiny), placement)
         prepare_unet(model.unet, placement, channels_last=True)  # the CUDA layout, checked on the CPU
-        model_name = "tiny (dry run)"
+        model_name = f"tiny {model.family.label} (dry run)"
     else:
-        placement = devices.choose("cuda")
+        placement = devices.choose("cpu" if args.cpu else "cuda")
         if args.model:
             model, model_name = loading.load(args.model, placement), Path(args.model).name
+        elif args.config == "sdxl":
+            model, model_name = random_sdxl(placement, work), "SDXL base config, random weights"
         else:
             model, model_name = random_sd21(placement, work), "SD 2.1-base config, random weights"
     cuda = placement.device.type == "cuda"
@@ -250,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpu": gpu,
         "torch": torch.__version__,
         "model": model_name,
+        "config": args.config,
         "frames": args.frames,
         "size": args.size,
         "steps": args.steps,

@@ -167,7 +167,22 @@ FIELDS: dict[str, Field] = {
             "model",
             "string",
             "a diffusers hub id, a local diffusers folder, or a single-file .safetensors checkpoint "
-            "(Stable Diffusion 1.x / 2.x)",
+            "(Stable Diffusion 1.x, 2.x or SDXL; the family is read from the model)",
+        ),
+        Field(
+            "pnp_qk_layers",
+            "string",
+            "PnP: the UNet attention blocks whose self-attention queries/keys come from the source, "
+            "comma-separated diffusers names (e.g. up_blocks.1.attentions.0); empty: the model family's "
+            "default (docs/engine.md, PnP layers)",
+            group="PnP layers",
+        ),
+        Field(
+            "pnp_conv_layers",
+            "string",
+            "PnP: the UNet ResNets whose residual features come from the source, comma-separated "
+            "(e.g. up_blocks.1.resnets.1); empty: the model family's default",
+            group="PnP layers",
         ),
         Field(
             "evaluate",
@@ -277,8 +292,9 @@ FIELDS: dict[str, Field] = {
             "size",
             "int",
             "long side of the working size in pixels, a multiple of 64; the aspect ratio is kept (the short "
-            "side is padded to a multiple of 64 and cropped back); results come back at the source size",
-            64,
+            "side is padded to a multiple of 64 and cropped back); results come back at the source size. "
+            "0: the model's native size (SD 1.x 512, SD 2.x 512 or 768, SDXL 1024)",
+            0,
             4096,
         ),
         Field(
@@ -356,7 +372,7 @@ class Job:
     keyframe_stride: int = 8
     keyframe_mode: str = "fixed"
     seed: int = 1
-    size: int = 512
+    size: int = 0  # 0: the model family's native size (engine/model/family.py)
     chunk_size: int = 8
     keyframe_batch: int = 8
     keyframe_anchors: int = 3
@@ -366,6 +382,9 @@ class Job:
     match_reuse: float = 0.2  # a fraction of the steps, as pnp_f_t
     match_dims: int = 0
     propagation: str = "paper"
+    # PnP injection layers, comma-separated module names; empty: the family's (engine/method/attention.py)
+    pnp_qk_layers: str = ""
+    pnp_conv_layers: str = ""
     evaluate: bool = False
     # Colour: the source frames' colour space as Blender names it and the OCIO config that defines
     # it. An empty colorspace means display-referred sRGB files, which go to the model as they are.
@@ -439,13 +458,18 @@ class Job:
             spec.check(getattr(self, spec.name))
         _validate_inversion_steps(self.steps, self.inversion_steps)
         if self.size % 64:
-            raise JobError(f"'size' is {self.size}: the working size must be a multiple of 64 (e.g. 512)")
+            raise JobError(
+                f"'size' is {self.size}: the working size must be a multiple of 64 (e.g. 512), or 0 for the "
+                "model's native size"
+            )
         self._validate_range()
         if self.propagation == "reference" and self.keyframe_mode != "resample":
             raise JobError(
                 "'propagation' reference pairs each block of keyframe_stride frames with the keyframe drawn "
                 "in it, as the reference code does: set 'keyframe_mode' to 'resample'"
             )
+        for name in ("pnp_qk_layers", "pnp_conv_layers"):
+            _validate_layer_list(name, getattr(self, name))
         _validate_matte_fields(self)
         _validate_variations(self)
         if not isinstance(self.model, str) or not self.model.strip():
@@ -578,6 +602,19 @@ def _validate_version(version: Any) -> None:
             f"the job's protocol 'version' is {version!r} but this engine speaks version(s) {speaks}; "
             "update the engine (or the extension) so that both speak the same version"
         )
+
+
+def layer_list(text: str) -> tuple[str, ...]:
+    """A comma-separated layer field as names ("" -> none: the family's default)."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _validate_layer_list(name: str, text: str) -> None:
+    for layer in layer_list(text):
+        if not all(part.isidentifier() or part.isdigit() for part in layer.split(".")):
+            raise JobError(
+                f"'{name}' names {layer!r}, which is not a UNet module path such as up_blocks.1.attentions.0"
+            )
 
 
 def _string(name: str, value: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bpy
 
 from ..tokenflow_blender import compat
+from ..tokenflow_blender.edit import job, model_info
 from ..tokenflow_blender.runs import registry, warm
 from ..tokenflow_blender.sequencer import convert
 from ..tokenflow_blender.session import SLOT_CONVERT, SLOT_EDIT, SLOT_FARM
@@ -39,6 +40,17 @@ class SEQUENCER_PT_tokenflow(TokenFlowPanel, bpy.types.Panel):
         col.prop(settings, "negative_prompt")
         col.prop(settings, "source_prompt")
         col.prop(settings, "model", placeholder=preferences.default_model())
+        model = job.model_path(settings.model.strip() or preferences.default_model())
+        if model.endswith(".safetensors"):
+            col.prop(settings, "model_config")
+        described, problem = model_info.describe(model, settings.size)
+        if problem:
+            box = col.box()
+            box.alert = True
+            for i, line in enumerate(wrap(problem, 48)[:4]):
+                box.label(text=line, icon="ERROR" if i == 0 else "BLANK1")
+        else:
+            col.label(text=described, icon="NODE_COMPOSITING")
 
         running = registry.running(SLOT_EDIT) is not None
         row = layout.row(align=True)
@@ -95,6 +107,10 @@ class SEQUENCER_PT_tokenflow_settings(TokenFlowPanel, bpy.types.Panel):
         col.prop(settings, "seed")
         col.prop(settings, "size")
         col.prop(settings, "chunk_size")
+        col.separator()
+        col.label(text="PnP layers (empty: the model family's)")
+        col.prop(settings, "pnp_qk_layers")
+        col.prop(settings, "pnp_conv_layers")
         col.separator()
         col.prop(settings, "evaluate")
         col.prop(settings, "output_dir")

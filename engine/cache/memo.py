@@ -16,7 +16,7 @@ from typing import Any
 def tensor_bytes(value: Any) -> int:
     """Size of a tensor (or anything else: 1), for a cache bounded in bytes."""
     try:
-        return int(value.numel() * value.element_size())
+        return int(value.nbytes)  # a tensor, or a prompt's conditioning (engine/model/conditioning.py)
     except AttributeError:
         return 1
 

@@ -46,6 +46,19 @@ DEFAULT_QK_LAYERS = (
     "up_blocks.3.attentions.2",
 )
 DEFAULT_CONV_LAYERS = ("up_blocks.1.resnets.1",)
+# SDXL's decoder has three levels (latent/4 with 10 transformer layers per block, latent/2 with 2,
+# the full latent size without attention). The reference's choice mapped by resolution: the residual
+# of the second ResNet of the first decoder level with attention (latent/4 in both), and queries/keys
+# of every decoder attention block after the first. Chosen from bench/sdxl_layer_probe.py's figures:
+# docs/engine.md, "PnP layers".
+SDXL_QK_LAYERS = (
+    "up_blocks.0.attentions.1",
+    "up_blocks.0.attentions.2",
+    "up_blocks.1.attentions.0",
+    "up_blocks.1.attentions.1",
+    "up_blocks.1.attentions.2",
+)
+SDXL_CONV_LAYERS = ("up_blocks.0.resnets.1",)
 MODES = ("plain", "keyframe", "propagate", "per_frame")
 
 
@@ -305,6 +318,39 @@ class TokenFlowAttnProcessor:
         return torch.stack(frames, dim=1).reshape(state.copies * n, *hidden_states.shape[1:])
 
 
+def default_layers(family: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The PnP (query/key, residual) layers of a model family (engine/model/family.py's names)."""
+    if family == "sdxl":
+        return SDXL_QK_LAYERS, SDXL_CONV_LAYERS
+    return DEFAULT_QK_LAYERS, DEFAULT_CONV_LAYERS
+
+
+def layer_problem(unet: Any, qk_layers: Sequence[str], conv_layers: Sequence[str]) -> str | None:
+    """What is wrong with PnP layer names for this UNet (None: all there), naming the ones it has."""
+    attention_blocks = sorted(
+        {n.split(".transformer_blocks.")[0] for n in unet.attn_processors if ".transformer_blocks." in n}
+    )
+    resnets = [
+        f"up_blocks.{i}.resnets.{j}"
+        for i, block in enumerate(unet.up_blocks)
+        for j in range(len(block.resnets))
+    ]
+    missing_qk = [layer for layer in qk_layers if layer not in attention_blocks]
+    missing_conv = [layer for layer in conv_layers if layer not in resnets]
+    if missing_qk:
+        decoder = [b for b in attention_blocks if b.startswith("up_")]
+        return (
+            f"this UNet has no attention block {', '.join(missing_qk)} for PnP query/key injection; its "
+            f"decoder's are {', '.join(decoder) or 'none'}"
+        )
+    if missing_conv:
+        return (
+            f"this UNet has no ResNet {', '.join(missing_conv)} for PnP residual injection; its decoder's "
+            f"are {', '.join(resnets)}"
+        )
+    return None
+
+
 def install(
     unet: Any,
     state: TokenFlowState,
@@ -331,7 +377,7 @@ def install(
     if missing:
         raise ValueError(
             f"the UNet has no self-attention in PnP layer(s) {', '.join(missing)}; "
-            "this model does not have Stable Diffusion 1.x/2.x's layout"
+            "give layers this model has (pnp_qk_layers)"
         )
     unet.set_attn_processor(processors)
 

@@ -15,9 +15,10 @@ import torch
 from diffusers import DDIMScheduler
 
 from ..images import matte
+from ..model.conditioning import TextConditioning
 from ..model.finite import require_finite
 from ..model.loading import Model
-from . import attention, keyframes
+from . import attention, keyframes, schedulers
 from .matching import MatchOptions
 
 
@@ -47,11 +48,12 @@ class EditSettings:
 
 @dataclass
 class Prompts:
-    """Text embeddings (1, 77, D): the source copy's, the negative prompt's and the prompt's."""
+    """Text conditioning (1, 77, D; SDXL's with its pooled embedding): the source copy's, the negative
+    prompt's and the prompt's."""
 
-    source: torch.Tensor
-    negative: torch.Tensor
-    positive: torch.Tensor
+    source: TextConditioning
+    negative: TextConditioning
+    positive: TextConditioning
 
 
 @dataclass
@@ -64,7 +66,7 @@ class EditResult:
 
 def edit_timesteps(model: Model, settings: EditSettings) -> list[int]:
     """The descending timesteps the edit visits (SDEdit skips the noisiest part of the schedule)."""
-    scheduler = DDIMScheduler.from_config(model.scheduler_config, clip_sample=False)
+    scheduler = schedulers.ddim(DDIMScheduler, model.scheduler_config, clip_sample=False)
     scheduler.set_timesteps(settings.steps)
     timesteps = [int(t) for t in scheduler.timesteps]
     if settings.edit_mode == "sdedit":
@@ -98,7 +100,7 @@ class Editor:
         self.prompts = prompts
         self.on_call = on_call or (lambda stage, frames: None)
         self.state = attention.TokenFlowState(match=settings.match)
-        self.scheduler = DDIMScheduler.from_config(model.scheduler_config, clip_sample=False)
+        self.scheduler = schedulers.ddim(DDIMScheduler, model.scheduler_config, clip_sample=False)
         self.scheduler.set_timesteps(settings.steps)
         self.timesteps = edit_timesteps(model, settings)
         reuse = int(len(self.timesteps) * settings.match.reuse)  # as injection_steps rounds
@@ -115,12 +117,12 @@ class Editor:
         placement = self.model.placement
         n = x.shape[0]
         p = self.prompts
-        parts, texts = [x, x], [p.negative.expand(n, -1, -1), p.positive.expand(n, -1, -1)]
+        parts, texts = [x, x], [p.negative.expand(n), p.positive.expand(n)]
         if self.state.copies == attention.COPIES:
-            parts, texts = [src, *parts], [p.source.expand(n, -1, -1), *texts]
+            parts, texts = [src, *parts], [p.source.expand(n), *texts]
         batch = torch.cat(parts).to(placement.device, placement.dtype)
-        embeds = torch.cat(texts)
-        eps = self.model.unet(batch, self._timestep(t), encoder_hidden_states=embeds).sample.float()
+        # guidance is linear, so it applies alike to a noise or a v prediction (the scheduler reads which)
+        eps = self.model.predict(batch, self._timestep(t), TextConditioning.cat(texts)).float()
         uncond, cond = eps[-2 * n :].chunk(2)
         return uncond + self.settings.guidance * (cond - uncond)
 

@@ -50,6 +50,12 @@ def merge(parts: list[str | os.PathLike[str]], output: str | os.PathLike[str]) -
             raise BadInput(
                 f"{part} comes from another job (differs in: {', '.join(differ)}); merge chunks of one job"
             )
+        for key in ("model_family", "working_size"):  # a worker whose model path held another model
+            if m.get(key) != first.get(key):
+                raise BadInput(
+                    f"{part} was made with {key} {m.get(key)!r}, the first chunk with {first.get(key)!r}: "
+                    "the workers read different models at the model's path; re-run it with the same model"
+                )
         if m["keyframes"] != first["keyframes"]:
             raise BadInput(f"{part} used keyframes {m['keyframes']}, not {first['keyframes']}; re-run it")
     ordered = sorted(manifests, key=lambda pm: (pm[1]["frame_range"] or [0, n])[0])

@@ -16,6 +16,7 @@ import torch
 from .. import protocol
 from ..errors import BadInput, EngineError
 from ..images import delivery, frames
+from ..method import attention
 from ..method.editing import Editor, EditSettings, Prompts, decode_chunks, edit_timesteps, injection_steps
 from ..method.inversion import (
     InversionCache,
@@ -27,8 +28,10 @@ from ..method.inversion import (
 )
 from ..method.matching import REFERENCE_SEARCH, MatchOptions
 from ..model import devices
+from ..model import family as families
+from ..model.conditioning import TextConditioning
 from ..model.fingerprint import INDEX_NAME, DigestIndex
-from ..model.loading import Model, load
+from ..model.loading import Model, detect_family, load
 from ..protocol import MANIFEST
 from . import preflight
 from .events import CancelToken, Emitter, Progress
@@ -45,8 +48,12 @@ def check_output(output: str) -> Path:
     return dest
 
 
-def settings_from_job(job: protocol.Job) -> EditSettings:
+def settings_from_job(job: protocol.Job, family: families.Family | None = None) -> EditSettings:
+    """The edit's settings; PnP layers the job does not name are the model family's."""
+    qk, conv = attention.default_layers(family.name if family else families.SD1)
     return EditSettings(
+        qk_layers=protocol.layer_list(job.pnp_qk_layers) or qk,
+        conv_layers=protocol.layer_list(job.pnp_conv_layers) or conv,
         steps=job.steps,
         guidance=job.guidance,
         pnp_f_t=job.pnp_f_t,
@@ -122,11 +129,19 @@ class Run:
         job = self.job
         self.delivery = delivery.from_job(job)  # colour space and matte, refused before any work
         self.cancel.check()
+        # the family (a refusal of what cannot be edited) and its native size, before any weight loads
+        if self.model is not None:
+            self.family: families.Family | None = self.model.family
+        else:
+            self.family = detect_family(job.model, job.extra.get("model_config", ""))
         placement = self.model.placement if self.model is not None else devices.choose(job.device)
         source_size = ready.size
         if not all(source_size):  # no header was understood: the size comes from decoding
             source_size = frames.read_shot(job.frames[:1]).size
-        size = frames.geometry(*source_size, job.size)
+        self.working_size = job.size or (self.family.native_size if self.family else 512)
+        size = frames.geometry(*source_size, self.working_size)
+        if self.family is not None:
+            announce = {**announce, "model_family": self.family.name, "native_size": self.family.native_size}
         self.emit(
             protocol.EVENT_STARTED,
             frames=len(job.frames),
@@ -149,16 +164,23 @@ class Run:
         if self.model is None:
             with self.cancel.interruptible():  # seconds to minutes for a real model: no checks inside
                 self.model = self._load_model(placement)
+        if job.stage != protocol.STAGE_INVERT:
+            check = settings_from_job(job, self.model.family)
+            problem = attention.layer_problem(self.model.unet, check.qk_layers, check.conv_layers)
+            if problem:
+                raise BadInput(f"{problem}: fix pnp_qk_layers / pnp_conv_layers, or leave them empty")
         return shot, size, self.model
 
     def _execute(self, ready: preflight.Ready) -> dict[str, Any]:
         job = self.job
         invert_only = job.stage == protocol.STAGE_INVERT
         shot, size, model = self._open(ready)
-        settings = settings_from_job(job)
+        settings = settings_from_job(job, model.family)
         preview = job.stage == protocol.STAGE_PREVIEW
         prompts = Prompts(
-            self._encode(job.source_prompt), self._encode(job.negative_prompt), self._encode(job.prompt)
+            self._encode(job.source_prompt),
+            self._encode(job.negative_prompt, negative=True),
+            self._encode(job.prompt),
         )
         editor = Editor(model, settings, lambda t: source(t), prompts, on_call=self._on_edit_call)
         needed = list(range(len(shot))) if invert_only else editor.needed(len(shot), preview)
@@ -263,10 +285,10 @@ class Run:
             return self.loader(job)
         return load(job.model, placement, job.extra.get("model_config", ""))
 
-    def _encode(self, text: str) -> torch.Tensor:
-        """A prompt's text embeddings (a variation run encodes each distinct prompt once)."""
+    def _encode(self, text: str, negative: bool = False) -> TextConditioning:
+        """A prompt's conditioning (a variation run encodes each distinct prompt once)."""
         assert self.model is not None
-        return self.model.encode_prompt(text)
+        return self.model.encode_prompt(text, negative)
 
     def _timed(self, since: float) -> None:
         """Add the seconds since `since` to the time spent in UNet work (inversion and denoising):
@@ -329,6 +351,8 @@ class Run:
                 "keyframes": keys,
                 "sources": [str(f.path) for f in shot.frames],
                 "job": job.to_dict(),
+                "model_family": model.family.name,  # what the model is and the size it ran at
+                "working_size": self.working_size,
                 "stats": self.stats,
                 "metrics": metrics,
                 **self.delivery.describe(),
@@ -367,6 +391,6 @@ class Run:
             [shot.frames[i].path for i in produced],
             sorted(edited.glob("*.png")),
             prompt=self.job.prompt,
-            max_side=self.job.size,  # measure at the working size: larger adds time, not information
+            max_side=self.working_size,  # measure at the working size: larger adds time, not information
             on_frame=on_frame,
         )

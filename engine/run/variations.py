@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .. import protocol
 from ..method.editing import Editor, Prompts, injection_steps
+from ..model.conditioning import TextConditioning
 from . import preflight
 from .runner import Run, settings_from_job
 
@@ -48,13 +47,13 @@ class VariationRun(Run):
         base = self.job
         jobs = variation_jobs(base)
         shot, size, model = self._open(ready, variations=len(jobs))
-        self._embeds: dict[str, torch.Tensor] = {}
-        embeds, encode = self._embeds, self._encode
-        source_embeds, negative = encode(base.source_prompt), encode(base.negative_prompt)
+        self._embeds: dict[tuple[str, bool], TextConditioning] = {}
+        encode = self._encode
+        source_embeds, negative = encode(base.source_prompt), encode(base.negative_prompt, negative=True)
         editors = []
         for job in jobs:
             prompts = Prompts(source_embeds, negative, encode(job.prompt))
-            settings = settings_from_job(job)
+            settings = settings_from_job(job, model.family)
             editors.append(Editor(model, settings, lambda t: source(t), prompts, self._on_edit_call))
         # Resampled keyframes depend on the seed: invert every frame some variation needs, once.
         needed = sorted({i for e in editors for i in e.needed(len(shot), preview=True)})
@@ -99,7 +98,7 @@ class VariationRun(Run):
             for key in ("inversion_unet_frames", "keyframe_unet_frames", "propagate_unet_frames")
         }
         totals.update(cache_hits=shared["cache_hits"], cache_misses=shared["cache_misses"])
-        totals["prompt_encodings"] = len(embeds)
+        totals["prompt_encodings"] = len(self._embeds)
         return {
             "output": None,
             "files": [],
@@ -110,7 +109,7 @@ class VariationRun(Run):
             "variations": results,
         }
 
-    def _encode(self, text: str) -> torch.Tensor:
-        if text not in self._embeds:
-            self._embeds[text] = super()._encode(text)
-        return self._embeds[text]
+    def _encode(self, text: str, negative: bool = False) -> TextConditioning:
+        if (text, negative) not in self._embeds:
+            self._embeds[(text, negative)] = super()._encode(text, negative)
+        return self._embeds[(text, negative)]

@@ -58,6 +58,8 @@ from engine.model.tiny_model import make_tiny_model
 out = Path(sys.argv[2])
 extract_frames("cityCC0.mpg", out / "city12", 12, start=40, width=96)
 make_tiny_model(out / "tiny")
+make_tiny_model(out / "tiny-xl", family="sdxl")
+make_tiny_model(out / "tiny-v", family="sd2-v")
 print(json.dumps({"movie": str(clip_path("cityCC0.mpg"))}))
 """
 _prepare: subprocess.Popen[str] | None = None
@@ -94,7 +96,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session")
 def assets() -> dict[str, Any]:
-    """{"frames": [12 PNG paths, 96x54], "model": tiny model folder, "movie": a real .mpg}."""
+    """{"frames": [12 PNG paths, 96x54], "model": tiny model folder (and "model_xl", "model_v": its SDXL
+    and SD 2.x v-prediction twins), "movie": a real .mpg}."""
     if _prepare is None:
         pytest.skip(f"no engine environment at {engine_python()}: run `bash scripts/setup_env.sh engine`")
     out, err = _prepare.communicate(timeout=300)
@@ -103,7 +106,13 @@ def assets() -> dict[str, Any]:
     info = json.loads(out.strip().splitlines()[-1])
     frames = sorted((_ASSETS / "city12").glob("*.png"))
     assert len(frames) == 12
-    return {"frames": frames, "model": _ASSETS / "tiny", "movie": Path(info["movie"])}
+    return {
+        "frames": frames,
+        "model": _ASSETS / "tiny",
+        "model_xl": _ASSETS / "tiny-xl",  # SDXL's layout (engine/model/tiny_model.py)
+        "model_v": _ASSETS / "tiny-v",  # SD 2.x's 768 v-prediction layout
+        "movie": Path(info["movie"]),
+    }
 
 
 # --- the extension -----------------------------------------------------------------------------

@@ -162,6 +162,7 @@ def test_submit_run_on_the_farm_and_import(farm, scene, assets, manager, tmp_pat
     assert payload["priority"] == 50 and payload["submitter_platform"] == platform.system().lower()
     assert payload["worker_tag"] == GPU_TAG["id"] and payload["type_etag"] == ETAG
     assert payload["metadata"]["tokenflow.strip"] == "city"
+    assert payload["metadata"]["tokenflow.model"].startswith("SD 1.x")  # the family the workers will read
     settings = payload["settings"]
     assert list(settings) == job_type_settings()
     assert (settings["frame_count"], settings["keyframe_stride"], settings["chunk_size"]) == (12, 4, 8)

@@ -110,6 +110,7 @@ def test_rows_ages_and_restored_settings(takes, tmp_path) -> None:
     settings = take.settings()
     assert settings["prompt"] == "a  very long prompt about a snowy evening" and settings["seed"] == 1
     assert set(settings) == set(takes.RESTORED)
+    assert settings["pnp_qk_layers"] == ""  # a take older than the field restores the field's default
     assert "frames" not in settings and "output" not in settings
     assert any(line.startswith("Keyframes fixed every 4: [0, 3, 6, 9]") for line in takes.details(take))
     assert take.variation is None

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
 from engine.errors import BadInput
+from engine.protocol import MANIFEST
 from engine.run.merge import merge
 from tests.engine.conftest import run_in_process
 
@@ -90,6 +92,14 @@ def test_merge_refuses_gaps_overlaps_and_foreign_chunks(model, city16, tmp_path)
         merge([tmp_path / "a", tmp_path / "c"], tmp_path / "out")
     with pytest.raises(BadInput, match="another job.*prompt"):
         merge([tmp_path / "a", tmp_path / "d"], tmp_path / "out")
+    manifest = json.loads((tmp_path / "b" / MANIFEST).read_text())
+    assert manifest["model_family"] == "sd1"
+    (tmp_path / "b" / MANIFEST).write_text(json.dumps({**manifest, "model_family": "sdxl"}))
+    with pytest.raises(BadInput, match="model_family 'sdxl'.*'sd1'"):
+        merge([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    (tmp_path / "b" / MANIFEST).write_text(json.dumps(manifest))
+    merged = merge([tmp_path / "a", tmp_path / "b"], tmp_path / "merged")
+    assert json.loads((Path(merged["output"]) / MANIFEST).read_text())["model_family"] == "sd1"
     (tmp_path / "b" / "frame_0045.png").unlink()
     with pytest.raises(BadInput, match="frame_0045.png is missing"):
         merge([tmp_path / "a", tmp_path / "b"], tmp_path / "out")

@@ -37,6 +37,14 @@ def test_dry_run_prints_the_readme_table(tmp_path, capsys):
     assert all(r["seconds"] > 0 and r["peak_gb"] is None for r in rows)
 
 
+def test_dry_run_of_the_sdxl_configuration_runs_an_sdxl_model(tmp_path, capsys):
+    assert _bench().main(["--dry-run", "--config", "sdxl", "--out", str(tmp_path)]) == 0
+    assert "tiny SDXL (dry run)" in capsys.readouterr().out
+    (report,) = tmp_path.glob("gpu_bench-*.json")
+    rows = json.loads(report.read_text())["rows"]
+    assert [r["unet_frame_evals"] for r in rows][0] == 2 * 2 and all(r["seconds"] > 0 for r in rows)
+
+
 def test_refuses_without_cuda(monkeypatch, tmp_path, capsys):
     import torch
 

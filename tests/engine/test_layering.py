@@ -1,8 +1,8 @@
 """The architecture's rules, checked on the source with `ast` (no imports are executed):
 
 - `engine/` never imports bpy; the Blender side's bpy-free folders and modules never do either;
-- `engine/protocol.py` imports only the standard library and `engine/errors.py`, which imports only
-  the standard library (Blender imports the protocol from its own Python);
+- `engine/protocol.py` and `engine/model/family.py` import only the standard library and
+  `engine/errors.py`, which imports only the standard library (Blender imports them from its own Python);
 - the Blender side (`tokenflow_blender/`, `ui/`, the extension root) never imports torch, diffusers,
   transformers or numpy at module level (Blender's Python has none of them);
 - no two modules import each other, directly or through a chain (imports inside functions count:
@@ -33,6 +33,7 @@ BPY_FREE = [
     "tokenflow_blender/sequencer/imageinfo.py",
     "tokenflow_blender/sequencer/colour.py",
     "tokenflow_blender/edit/results.py",
+    "tokenflow_blender/edit/model_info.py",
 ]
 HEAVY = {"torch", "diffusers", "transformers", "numpy"}
 
@@ -131,8 +132,8 @@ def violations(root: Path, blender: list[str], bpy_free: list[str]) -> list[str]
         for imp in imports_of(root, path):
             if imp.target.split(".")[0] == "bpy":
                 out.append(f"{path.relative_to(root)}:{imp.line}: the engine imports bpy")
-            if m in ("engine.protocol", "engine.errors"):
-                allowed = {"engine.errors"} if m == "engine.protocol" else set()
+            if m in ("engine.protocol", "engine.errors", "engine.model.family"):
+                allowed = set() if m == "engine.errors" else {"engine.errors"}
                 first = imp.target.split(".")[0]
                 if first not in sys.stdlib_module_names and resolve(imp.target, engine) not in allowed:
                     out.append(f"{path.relative_to(root)}:{imp.line}: {m} imports {imp.target}")

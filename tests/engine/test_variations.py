@@ -50,9 +50,9 @@ def _count_encodings(model, monkeypatch) -> list[str]:
     seen: list[str] = []
     original = model.encode_prompt
 
-    def counting(text: str):
+    def counting(text: str, negative: bool = False):
         seen.append(text)
-        return original(text)
+        return original(text, negative)
 
     monkeypatch.setattr(model, "encode_prompt", counting)
     return seen

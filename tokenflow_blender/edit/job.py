@@ -39,7 +39,9 @@ def build_job(
         keyframe_stride=s.keyframe_stride,
         keyframe_mode=s.keyframe_mode,
         seed=s.seed,
-        size=max(64, round(s.size / 64) * 64),
+        size=working_size(s.size),
+        pnp_qk_layers=s.pnp_qk_layers.strip(),
+        pnp_conv_layers=s.pnp_conv_layers.strip(),
         chunk_size=s.chunk_size,
         evaluate=bool(s.evaluate) and stage == protocol.STAGE_PROPAGATE,
         colorspace=shot.config_colorspace or shot.colorspace,
@@ -49,11 +51,18 @@ def build_job(
         matte_invert=bool(s.matte_invert),
         matte_feather=round(s.matte_feather, 3),
     )
+    if job.model.endswith(".safetensors") and s.model_config.strip():
+        job.extra["model_config"] = model_path(s.model_config.strip())
     try:
         job.validate()
     except protocol.JobError as exc:
         raise UserError(str(exc)) from exc
     return job
+
+
+def working_size(size: int) -> int:
+    """The panel's size as the job's: 0 stays 0 (the model's native size), others on multiples of 64."""
+    return 0 if size <= 0 else max(64, round(size / 64) * 64)
 
 
 def model_path(model: str) -> str:

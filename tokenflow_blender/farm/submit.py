@@ -22,6 +22,7 @@ import bpy
 
 from ...engine import protocol
 from .. import compat, session
+from ..edit import model_info
 from ..edit.apply import finish, result_context
 from ..edit.job import build_job
 from ..runs import registry
@@ -99,16 +100,18 @@ def ocio_home(config: str, output: str) -> str:
     return os.path.join(os.path.dirname(output), ocio_share.FOLDER)
 
 
-def _metadata(scene: Any, shot: strips.Shot) -> dict[str, str]:
-    """Shown in the Manager's job list: who sent what from where."""
+def _metadata(scene: Any, shot: strips.Shot, job: protocol.Job) -> dict[str, str]:
+    """Shown in the Manager's job list: who sent what from where, and with which model family."""
     user = ""
     with contextlib.suppress(Exception):  # getpass fails without a login name (containers)
         user = getpass.getuser()
+    described, _ = model_info.describe(job.model, job.size)
     return {
         "user.name": user,
         "tokenflow.blendfile": bpy.data.filepath or "(unsaved)",
         "tokenflow.scene": scene.name,
         "tokenflow.strip": shot.name,
+        "tokenflow.model": described,
     }
 
 
@@ -157,7 +160,7 @@ def start_farm(context: Any) -> FarmTask:
             output=output,
             cache_dir=job.cache_dir,
         ),
-        metadata=_metadata(scene, shot),
+        metadata=_metadata(scene, shot, job),
     )
     task = FarmTask(
         client=flamenco.Client(url),

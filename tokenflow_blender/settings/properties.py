@@ -62,6 +62,15 @@ class TokenFlowSettings(bpy.types.PropertyGroup):
         name="Model",
         **field("model", default="", note="Empty uses the default model from the extension's preferences"),
     )
+    model_config: StringProperty(
+        name="Model Configs",
+        description=(
+            "For a single .safetensors checkpoint without network: a diffusers folder of the same family "
+            "whose configs describe it (the engine's --model-config); empty: diffusers fetches them once"
+        ),
+        default="",
+        subtype="DIR_PATH",
+    )
     steps: IntProperty(name="Steps", **field("steps", soft_max=200))
     guidance: FloatProperty(name="Guidance", **field("guidance", soft_max=20.0))
     pnp_f_t: FloatProperty(name="Feature Injection", **field("pnp_f_t", subtype="FACTOR"))
@@ -89,8 +98,10 @@ class TokenFlowSettings(bpy.types.PropertyGroup):
         **field("keyframe_mode"),
     )
     seed: IntProperty(name="Seed", **field("seed"))
-    size: IntProperty(name="Working Size", **field("size", step=64))
+    size: IntProperty(name="Working Size", **field("size", step=64, note="The panel shows the model's"))
     chunk_size: IntProperty(name="Chunk Size", **field("chunk_size"))
+    pnp_qk_layers: StringProperty(name="Query/Key Layers", **field("pnp_qk_layers"))
+    pnp_conv_layers: StringProperty(name="Residual Layers", **field("pnp_conv_layers"))
     evaluate: BoolProperty(
         name="Measure Consistency",
         **field("evaluate", default=True, note="After Propagate, shown in the panel; adds a few seconds"),

@@ -24,7 +24,7 @@ from bpy.props import (
 
 from ...engine import protocol
 from .. import compat
-from ..edit.job import model_path
+from ..edit.job import model_path, working_size
 from ..session import UserError, output_parent
 from ..settings import preferences
 from . import manifest
@@ -211,7 +211,7 @@ def estimate_line(context: Any, scene: Any) -> str:
     first, end = compat.span(strip) if strip is not None else (0, 0)
     n = end - first
     settings = {name: getattr(s, name) for name in manifest.RESTORED if name != "model"}
-    size = max(64, round(s.size / 64) * 64)
+    size = working_size(s.size)
     settings["size"] = size
     model = model_path(s.model.strip() or preferences.default_model())
     found = scanned(scene)[0]

@@ -16,10 +16,11 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from ...engine import protocol
+from ...engine.model import family
 from ..sequencer import planning
 
 PREVIEW, SHOT = "preview", "shot"
@@ -41,6 +42,8 @@ RESTORED = (
     "seed",
     "size",
     "chunk_size",
+    "pnp_qk_layers",
+    "pnp_conv_layers",
 )
 
 
@@ -65,6 +68,8 @@ class Take:
     job: dict[str, Any] = field(repr=False)
     stats: dict[str, Any] = field(repr=False)
     metrics: dict[str, Any] | None = field(default=None, repr=False)
+    model_family: str = ""  # "sd1", "sd2" or "sdxl" (engine/model/family.py); "" in takes made before
+    working_size: int = 0  # the long side the model worked at (0: not recorded)
 
     @property
     def variation(self) -> int | None:
@@ -74,7 +79,14 @@ class Take:
 
     def settings(self) -> dict[str, Any]:
         """The scene settings that made this take (what "Restore Settings" puts back)."""
-        return {name: self.job[name] for name in RESTORED if name in self.job}
+        # A field newer than the take restores its default: what the run that made the take used.
+        defaults = {f.name: f.default for f in fields(protocol.Job) if f.default is not MISSING}
+        found = {name: defaults[name] for name in RESTORED if name in defaults}
+        found.update({name: self.job[name] for name in RESTORED if name in self.job})
+        config = (self.job.get("extra") or {}).get("model_config")
+        if isinstance(config, str) and config:  # a single-file checkpoint's configs
+            found["model_config"] = config
+        return found
 
     @property
     def unet_frames(self) -> int:
@@ -121,6 +133,8 @@ def read_take(folder: str) -> Take:
             job=dict(job),
             stats=dict(data.get("stats") or {}),
             metrics=data.get("metrics") if isinstance(data.get("metrics"), dict) else None,
+            model_family=str(data.get("model_family", "")),
+            working_size=int(data.get("working_size", 0)),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         problem = f"{exc.__class__.__name__}: {exc}"
@@ -182,6 +196,10 @@ def row(take: Take, now: float | None = None) -> tuple[str, str, str, str]:
     return shorten(take.prompt), f"seed {take.seed}", take.kind, age(now - take.created)
 
 
+def family_label(name: str) -> str:
+    return family.LABELS.get(name, name)
+
+
 def details(take: Take) -> list[str]:
     """Lines that show a selected take's settings, time and figures in the panel."""
     j, s = take.job, take.stats
@@ -192,7 +210,8 @@ def details(take: Take) -> list[str]:
         f"Model: {j.get('model', '')}",
         f"Steps {j.get('steps')}, guidance {j.get('guidance')}, {j.get('edit_mode')}, seed {j.get('seed')}",
         f"Keyframes {j.get('keyframe_mode')} every {j.get('keyframe_stride')}: {take.keyframes}",
-        f"Working size {j.get('size')}",
+        f"Working size {take.working_size or j.get('size')}"
+        + (f", {family_label(take.model_family)}" if take.model_family else ""),
     ]
     if take.seconds is not None:
         reuse = ", inversion from the cache" if s.get("inversion_unet_frames") == 0 else ""
