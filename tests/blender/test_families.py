@@ -89,21 +89,24 @@ def test_sdxl_preview_and_propagate_from_the_panel(tf, shot) -> None:
     assert any("SDXL" in line and "256" in line for line in takes.details(take))
 
 
-def test_a_v_prediction_model_previews_from_the_panel(tf, shot) -> None:
+def test_a_v_prediction_model_previews_and_propagates_from_the_panel(tf, shot) -> None:
     scene = shot["scene"]
     scene.tokenflow.model = str(shot["model_v"])
     scene.tokenflow.size = 128
     try:
-        assert run_op("sequencer.tokenflow_preview", scene) == {"FINISHED"}
-        task = wait(tf)
+        for op in ("sequencer.tokenflow_preview", "sequencer.tokenflow_propagate"):
+            assert run_op(op, scene) == {"FINISHED"}
+            task = wait(tf)
+            assert task.state == "DONE", task.message + "\n" + task.log_tail(30)
     finally:
         scene.tokenflow.size = 0
-    assert task.state == "DONE", task.message + "\n" + task.log_tail(30)
     manifest = json.loads((Path(task.result["output"]) / "tokenflow.json").read_text())
     assert manifest["model_family"] == "sd2" and manifest["working_size"] == 128
+    assert manifest["job"]["stage"] == "propagate" and len(task.result["files"]) == len(shot["frames"])
+    assert task.result["stats"]["cache_hits"] >= len(task.result["keyframes"])  # the preview's inversion
 
 
-def test_an_sdxl_single_file_previews_from_the_panel_and_restores(tf, shot, tmp_path) -> None:
+def test_an_sdxl_single_file_edits_from_the_panel_and_restores(tf, shot, tmp_path) -> None:
     """A fine-tune as one .safetensors file, offline with its configs (Settings > Model Configs)."""
     import subprocess
 
@@ -124,9 +127,13 @@ def test_an_sdxl_single_file_previews_from_the_panel_and_restores(tf, shot, tmp_
     s.model, s.model_config, s.size = str(checkpoint), str(shot["model_xl"]), 128
     try:
         assert _describe(checkpoint, 128) == ("SDXL (native 1024), working size 128", "")  # from the header
-        assert run_op("sequencer.tokenflow_preview", scene) == {"FINISHED"}
-        task = wait(tf)
-        assert task.state == "DONE", task.message + "\n" + task.log_tail(30)
+        for op in ("sequencer.tokenflow_preview", "sequencer.tokenflow_propagate"):
+            assert run_op(op, scene) == {"FINISHED"}
+            task = wait(tf)
+            assert task.state == "DONE", task.message + "\n" + task.log_tail(30)
+        assert len(task.result["files"]) == len(shot["frames"])
+        state = bpy.context.window_manager.tokenflow_job
+        assert any(strip.name == state.result_strip for strip in strips_of(scene))
         take = tf.takes.manifest.read_take(task.result["output"])
         assert take.model_family == "sdxl" and take.job["extra"]["model_config"] == str(shot["model_xl"])
         s.model, s.model_config = "", ""

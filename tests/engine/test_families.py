@@ -419,8 +419,6 @@ def test_an_sdxl_single_file_checkpoint_edits_as_its_folder(xl_dir: Path, city16
         "2",
         "--device",
         "cpu",
-        "--stage",
-        "preview",
         "--size",
         "128",
     ]
@@ -442,12 +440,13 @@ def test_an_sdxl_single_file_checkpoint_edits_as_its_folder(xl_dir: Path, city16
         events = cli_events(result.stdout)
         assert events[0]["model_family"] == "sdxl"
         runs[name] = events[-1]["files"]
+        assert len(runs[name]) == len(city16)  # propagated to the whole shot
     from PIL import Image
 
     for a, b in zip(runs["folder"], runs["file"], strict=True):
         x, y = (np.asarray(Image.open(f), dtype=np.float64) for f in (a, b))
         # the same weights; the loaders' tensor layouts differ (the UNet's output by 1e-6), so not bit
-        # for bit: measured at most 1 level apart, PSNR 78.7 dB at the least
+        # for bit: measured on a 16-frame propagate: at most 1 level apart, PSNR 77.2 dB at the least
         psnr = 10 * np.log10(255**2 / max(np.mean((x - y) ** 2), 1e-12))
         assert psnr > 45 and np.abs(x - y).max() <= 8, (a, psnr, np.abs(x - y).max())
 
