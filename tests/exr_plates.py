@@ -74,3 +74,24 @@ def read(path: Path) -> tuple[oiio.ImageSpec, np.ndarray]:
     pixels = inp.read_image(0, 0, 0, spec.nchannels, oiio.FLOAT)
     inp.close()
     return spec, np.asarray(pixels, np.float32).reshape(spec.height, spec.width, spec.nchannels)
+
+
+def make_multi_part(plate: Path, depth: float = 3.5) -> Path:
+    """Rewrite `plate` as a two-part EXR, as a renderer writes one: its picture as part "rgba" and a
+    float Z as part "depth"."""
+    spec, pixels = read(plate)
+    picture = oiio.ImageSpec(spec)
+    picture.attribute("name", "rgba")
+    z = oiio.ImageSpec(spec.width, spec.height, 1, oiio.FLOAT)
+    z.channelnames = ("Z",)
+    z.attribute("name", "depth")
+    out = oiio.ImageOutput.create(str(plate))
+    if not (out.open(str(plate), (picture, z)) and out.write_image(np.ascontiguousarray(pixels))):
+        raise RuntimeError(f"cannot write {plate}: {out.geterror()}")
+    if not (
+        out.open(str(plate), z, "AppendSubimage")
+        and out.write_image(np.full((spec.height, spec.width, 1), depth, np.float32))
+    ):
+        raise RuntimeError(f"cannot write {plate}: {out.geterror()}")
+    out.close()
+    return plate

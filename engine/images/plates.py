@@ -91,12 +91,29 @@ def _rgb_channels(path: Path, names: list[str]) -> tuple[int, int, int]:
     )
 
 
+def _parts(inp: oiio.ImageInput) -> list[str]:
+    """The names of a file's parts (subimages), in order; unnamed parts by their index."""
+    names = []
+    while inp.seek_subimage(len(names), 0):
+        names.append(inp.spec().get_string_attribute("oiio:subimagename") or f"part {len(names)}")
+    inp.seek_subimage(0, 0)
+    return names
+
+
 def read(path: Path) -> Plate:
-    """Read the first part of an EXR file; refuse deep data and files without RGB channels."""
+    """Read a single-part EXR file; refuse multi-part files (their other parts would be lost in the
+    result), deep data and files without RGB channels."""
     inp = oiio.ImageInput.open(str(path))
     if inp is None:
         raise BadInput(f"{path} could not be read as an EXR plate ({oiio.geterror()}); re-export it")
     try:
+        parts = _parts(inp)
+        if len(parts) > 1:
+            raise BadInput(
+                f"{path.name} is a multi-part EXR ({len(parts)} parts: {', '.join(parts)}); the engine edits "
+                "single-part plates, and the result would lose the other parts. Write the plate as one "
+                "part: its other layers (a Z or a matte) as channels of that part reach the result unchanged"
+            )
         spec = inp.spec()
         if spec.deep:
             raise BadInput(f"{path.name} holds deep data; render a flat (non-deep) EXR")

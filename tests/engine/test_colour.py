@@ -152,6 +152,25 @@ def test_exr_without_a_colour_space_is_refused(city16, tmp_path):
     refused(events, paths[0].name, "colorspace")
 
 
+def test_a_multi_part_exr_is_refused_by_name_before_the_model_loads(city16, tmp_path):
+    """A renderer's RGBA part plus a Z part, in the middle of a shot: edited to the end before, with
+    the Z part silently missing from the result; now refused, naming the file and its parts."""
+    paths = exr_plates.make_plates(city16[:3], tmp_path / "plate")
+    exr_plates.make_multi_part(paths[1])
+    code, events = run_in_process(
+        None,
+        frames=[str(p) for p in paths],
+        output=str(tmp_path / "out"),
+        prompt="x",
+        colorspace="ACEScg",
+        ocio_config=CONFIG,
+    )
+    assert code == protocol.EXIT_BAD_INPUT
+    message = refused(events, paths[1].name, "multi-part", "2 parts: rgba, depth", "one part")
+    assert paths[0].name not in message
+    assert not (tmp_path / "out").exists()
+
+
 # A config the test writes: its sRGB space has no usual name, alias or role, and a gamma 2.2 decoy
 # comes first, so only the transform can identify it.
 CUSTOM_CONFIG = """ocio_profile_version: 2
