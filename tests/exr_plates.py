@@ -95,3 +95,14 @@ def make_multi_part(plate: Path, depth: float = 3.5) -> Path:
         raise RuntimeError(f"cannot write {plate}: {out.geterror()}")
     out.close()
     return plate
+
+
+def claim_size(plate: Path, width: int, height: int, window: str = "dataWindow") -> Path:
+    """Rewrite the header's `window` (box2i) of `plate` to claim width x height pixels: a damaged or
+    hostile header over a small file."""
+    data = bytearray(plate.read_bytes())
+    name = window.encode() + b"\0box2i\0" + (16).to_bytes(4, "little")
+    at = data.index(name) + len(name)
+    data[at : at + 16] = b"".join(v.to_bytes(4, "little", signed=True) for v in (0, 0, width - 1, height - 1))
+    plate.write_bytes(bytes(data))
+    return plate

@@ -60,17 +60,62 @@ def _png_size(head: bytes) -> tuple[int, int] | None:
     return None
 
 
+EXR_MAGIC = b"\x76\x2f\x31\x01"
+EXR_HEADER_BYTES = 1 << 16  # a longer header (much metadata) is left to OpenImageIO
+
+
+def _exr_windows(head: bytes) -> dict[str, tuple[int, int]] | None:
+    """The (w, h) of an OpenEXR file's `displayWindow` and `dataWindow` from its (first part's)
+    header: name, type, size, value attributes up to an empty name. None if not understood."""
+    if head[:4] != EXR_MAGIC:
+        return None
+    pos, windows = 8, {}
+    while True:
+        end = head.find(b"\0", pos)
+        if end < 0:
+            return None
+        if end == pos:  # the empty name that ends the header
+            break
+        kind_end = head.find(b"\0", end + 1)
+        if kind_end < 0 or kind_end + 5 > len(head):
+            return None
+        (size,) = struct.unpack("<i", head[kind_end + 1 : kind_end + 5])
+        value = head[kind_end + 5 : kind_end + 5 + size]
+        if size < 0 or len(value) < size:
+            return None
+        name = head[pos:end]
+        if name in (b"displayWindow", b"dataWindow") and size == 16:
+            x0, y0, x1, y1 = struct.unpack("<iiii", value)
+            windows[name.decode()] = (x1 - x0 + 1, y1 - y0 + 1)
+        pos = kind_end + 5 + size
+    return windows if len(windows) == 2 else None
+
+
+def _exr_size(path: Path, head: bytes) -> tuple[int, int] | None:
+    """An EXR plate's display size, refusing windows too large to decode before anything is allocated
+    (the data window is what a reader allocates, the display window what is edited)."""
+    windows = _exr_windows(head)
+    if windows is None:
+        return None
+    for name, (w, h) in windows.items():
+        if w <= 0 or h <= 0:
+            raise BadInput(f"frame file {path} has an empty {name} ({w}x{h}); re-export it")
+        if w * h > MAX_PIXELS:
+            raise BadInput(_too_large(path, f"its {name} is {w}x{h}"))
+    return windows["displayWindow"]
+
+
 def frame_size(path: Path) -> tuple[int, int] | None:
     """(w, h) from the file's header without decoding it; None if the header is not understood
     (OpenCV, which decodes the frame later, then decides)."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(32)
+            head = fh.read(EXR_HEADER_BYTES if path.suffix.lower() == ".exr" else 32)
     except OSError as exc:
         raise BadInput(f"frame file {path} cannot be read: {exc.strerror}; check its permissions") from exc
     if not head:
         raise BadInput(f"frame file {path} is empty (0 bytes); render or export that frame again")
-    size = _png_size(head)
+    size = _png_size(head) or _exr_size(path, head)
     if size is not None:
         return size
     from PIL import Image, UnidentifiedImageError

@@ -171,6 +171,26 @@ def test_a_multi_part_exr_is_refused_by_name_before_the_model_loads(city16, tmp_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("window", ["dataWindow", "displayWindow"])
+def test_an_exr_header_claiming_100k_pixels_is_refused_from_the_header(city16, tmp_path, window):
+    """Refused from the header, in the preflight (standard library: no OpenImageIO, nothing allocated),
+    naming the file and the window."""
+    paths = exr_plates.make_plates(city16[:3], tmp_path / "plate")
+    exr_plates.claim_size(paths[2], 100_000, 100_000, window)
+    code, events = run_in_process(
+        None,
+        frames=[str(p) for p in paths],
+        output=str(tmp_path / "out"),
+        prompt="x",
+        colorspace="ACEScg",
+        ocio_config=CONFIG,
+    )
+    assert code == protocol.EXIT_BAD_INPUT
+    refused(events, paths[2].name, f"its {window} is 100000x100000", "8192 x 8192")
+    assert not events.events("started")  # the preflight: before the frames are decoded
+    assert not (tmp_path / "out").exists()
+
+
 # A config the test writes: its sRGB space has no usual name, alias or role, and a gamma 2.2 decoy
 # comes first, so only the transform can identify it.
 CUSTOM_CONFIG = """ocio_profile_version: 2
